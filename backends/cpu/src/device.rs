@@ -1,0 +1,231 @@
+//! The CPU device: the `BackendDevice` implementation, which downcasts storages and hands each
+//! primitive to its kernel file, and the process-wide shared [`device()`].
+
+use std::sync::{Arc, OnceLock};
+
+use tensor_core::{
+    BackendDevice, BackendStorage, BinaryOp, CmpOp, DType, Device, HostData, Layout, ReduceOp,
+    Result, Storage, UnaryOp, UnfoldParams,
+};
+
+use crate::storage::cpu;
+use crate::{cast, conv, copy, elementwise, index, random, reduce, CpuStorage};
+
+/// The host CPU. Stateless: rayon's global pool does the threading.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuDevice;
+
+impl CpuDevice {
+    /// The shared process-wide CPU [`Device`] (same as [`device()`]).
+    pub fn device() -> Device {
+        device()
+    }
+}
+
+/// The shared process-wide CPU [`Device`].
+pub fn device() -> Device {
+    static DEVICE: OnceLock<Arc<CpuDevice>> = OnceLock::new();
+    let d = DEVICE.get_or_init(|| Arc::new(CpuDevice));
+    Device::new(d.clone())
+}
+
+fn boxed(data: HostData) -> Storage {
+    Box::new(CpuStorage::new(data))
+}
+
+impl BackendDevice for CpuDevice {
+    fn name(&self) -> String {
+        "cpu".to_string()
+    }
+
+    fn from_host(&self, data: HostData) -> Result<Storage> {
+        Ok(boxed(data))
+    }
+
+    fn to_host(&self, s: &dyn BackendStorage, layout: &Layout) -> Result<HostData> {
+        copy::copy_strided(s, layout)
+    }
+
+    fn full(&self, n: usize, value: f64, dtype: DType) -> Result<Storage> {
+        Ok(boxed(copy::full(n, value, dtype)))
+    }
+
+    fn rand_uniform(&self, n: usize, lo: f64, hi: f64, dtype: DType, seed: u64) -> Result<Storage> {
+        random::rand_uniform(n, lo, hi, dtype, seed).map(boxed)
+    }
+
+    fn rand_normal(
+        &self,
+        n: usize,
+        mean: f64,
+        std: f64,
+        dtype: DType,
+        seed: u64,
+    ) -> Result<Storage> {
+        random::rand_normal(n, mean, std, dtype, seed).map(boxed)
+    }
+
+    fn copy_strided(&self, s: &dyn BackendStorage, layout: &Layout) -> Result<Storage> {
+        copy::copy_strided(s, layout).map(boxed)
+    }
+
+    fn copy_into(
+        &self,
+        dst: &mut dyn BackendStorage,
+        dst_l: &Layout,
+        src: &dyn BackendStorage,
+        src_l: &Layout,
+    ) -> Result<()> {
+        copy::copy_into(dst, dst_l, src, src_l)
+    }
+
+    fn cast(&self, s: &dyn BackendStorage, layout: &Layout, dtype: DType) -> Result<Storage> {
+        cast::cast(s, layout, dtype).map(boxed)
+    }
+
+    fn unary(&self, op: UnaryOp, s: &dyn BackendStorage, layout: &Layout) -> Result<Storage> {
+        elementwise::unary(op, s, layout).map(boxed)
+    }
+
+    fn binary(
+        &self,
+        op: BinaryOp,
+        lhs: &dyn BackendStorage,
+        lhs_l: &Layout,
+        rhs: &dyn BackendStorage,
+        rhs_l: &Layout,
+    ) -> Result<Storage> {
+        elementwise::binary(op, lhs, lhs_l, rhs, rhs_l).map(boxed)
+    }
+
+    fn cmp(
+        &self,
+        op: CmpOp,
+        lhs: &dyn BackendStorage,
+        lhs_l: &Layout,
+        rhs: &dyn BackendStorage,
+        rhs_l: &Layout,
+    ) -> Result<Storage> {
+        elementwise::cmp(op, lhs, lhs_l, rhs, rhs_l).map(boxed)
+    }
+
+    fn where_cond(
+        &self,
+        cond: &dyn BackendStorage,
+        cond_l: &Layout,
+        on_true: &dyn BackendStorage,
+        t_l: &Layout,
+        on_false: &dyn BackendStorage,
+        f_l: &Layout,
+    ) -> Result<Storage> {
+        elementwise::where_cond(cond, cond_l, on_true, t_l, on_false, f_l).map(boxed)
+    }
+
+    fn reduce(
+        &self,
+        op: ReduceOp,
+        s: &dyn BackendStorage,
+        layout: &Layout,
+        dims: &[usize],
+    ) -> Result<Storage> {
+        reduce::reduce(op, s, layout, dims).map(boxed)
+    }
+
+    fn cumsum(&self, s: &dyn BackendStorage, layout: &Layout, dim: usize) -> Result<Storage> {
+        reduce::cumsum(s, layout, dim).map(boxed)
+    }
+
+    fn matmul(
+        &self,
+        lhs: &dyn BackendStorage,
+        lhs_l: &Layout,
+        rhs: &dyn BackendStorage,
+        rhs_l: &Layout,
+    ) -> Result<Storage> {
+        let out = crate::matmul::matmul(cpu(lhs)?, lhs_l, cpu(rhs)?, rhs_l)?;
+        Ok(Box::new(out))
+    }
+
+    fn index_select(
+        &self,
+        src: &dyn BackendStorage,
+        src_l: &Layout,
+        ids: &dyn BackendStorage,
+        ids_l: &Layout,
+        dim: usize,
+    ) -> Result<Storage> {
+        index::index_select(src, src_l, ids, ids_l, dim).map(boxed)
+    }
+
+    fn gather(
+        &self,
+        src: &dyn BackendStorage,
+        src_l: &Layout,
+        ids: &dyn BackendStorage,
+        ids_l: &Layout,
+        dim: usize,
+    ) -> Result<Storage> {
+        index::gather(src, src_l, ids, ids_l, dim).map(boxed)
+    }
+
+    fn scatter_add(
+        &self,
+        dst: &dyn BackendStorage,
+        dst_l: &Layout,
+        ids: &dyn BackendStorage,
+        ids_l: &Layout,
+        src: &dyn BackendStorage,
+        src_l: &Layout,
+        dim: usize,
+    ) -> Result<Storage> {
+        index::scatter_add(dst, dst_l, ids, ids_l, src, src_l, dim).map(boxed)
+    }
+
+    fn index_add(
+        &self,
+        dst: &dyn BackendStorage,
+        dst_l: &Layout,
+        ids: &dyn BackendStorage,
+        ids_l: &Layout,
+        src: &dyn BackendStorage,
+        src_l: &Layout,
+        dim: usize,
+    ) -> Result<Storage> {
+        index::index_add(dst, dst_l, ids, ids_l, src, src_l, dim).map(boxed)
+    }
+
+    fn unfold(&self, s: &dyn BackendStorage, layout: &Layout, p: &UnfoldParams) -> Result<Storage> {
+        conv::unfold(s, layout, p).map(boxed)
+    }
+
+    fn fold(
+        &self,
+        s: &dyn BackendStorage,
+        layout: &Layout,
+        p: &UnfoldParams,
+        out_spatial: &[usize],
+    ) -> Result<Storage> {
+        conv::fold(s, layout, p, out_spatial).map(boxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_device() {
+        let a = device();
+        let b = CpuDevice::device();
+        assert_eq!(a.name(), "cpu");
+        assert!(a.same_device(&b));
+        let s = a.backend().full(3, 1.5, DType::F32).unwrap();
+        assert_eq!(s.len(), 3);
+        assert_eq!(
+            a.backend()
+                .to_host(s.as_ref(), &Layout::contiguous([3]))
+                .unwrap(),
+            HostData::F32(vec![1.5; 3])
+        );
+    }
+}

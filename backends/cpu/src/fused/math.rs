@@ -1,0 +1,566 @@
+//! Scalar building blocks of the fused kernels: the [`Float`] compute types (f32, f64) with an
+//! exp that LLVM can vectorise, the [`Io`] storage types read and written through them, and
+//! the run-time choice of instruction set ([`dispatch`]).
+//!
+//! The kernels are plain generic Rust written so that it auto-vectorises; [`dispatch`] runs a
+//! kernel body inside a `#[target_feature]` function, so the same source is compiled once for
+//! AVX-512, once for AVX2+FMA and once for the baseline target, and the CPU picks at run time.
+
+use std::ops::{Add, AddAssign, Div, Mul, Sub};
+use std::sync::OnceLock;
+
+use half::{bf16, f16};
+
+/// A type the fused kernels compute in: f32 (also for the 16-bit floats) or f64.
+pub(crate) trait Float:
+    Copy
+    + Send
+    + Sync
+    + Default
+    + PartialOrd
+    + std::fmt::Debug
+    + 'static
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + AddAssign
+{
+    const ZERO: Self;
+    const ONE: Self;
+    const NEG_INF: Self;
+    fn from_f64(v: f64) -> Self;
+    fn sqrt(self) -> Self;
+    fn ln(self) -> Self;
+    /// `exp` as branch-free arithmetic (see [`exp_f32`], [`exp_f64`]), so loops over it vectorise.
+    fn exp(self) -> Self;
+    /// The fused multiply-add `self · b + c` (one rounding). Only call it where FMA is
+    /// enabled: without it this is a libm call. Kernels reach it through [`Madd`].
+    fn fma(self, b: Self, c: Self) -> Self;
+    /// Larger of the two; a NaN in `b` propagates (unlike `f32::max`), and it compiles to a
+    /// single vector max instruction.
+    #[inline(always)]
+    fn max(self, b: Self) -> Self {
+        if self > b {
+            self
+        } else {
+            b
+        }
+    }
+}
+
+impl Float for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const NEG_INF: Self = f32::NEG_INFINITY;
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        f32::sqrt(self)
+    }
+    #[inline(always)]
+    fn ln(self) -> Self {
+        f32::ln(self)
+    }
+    #[inline(always)]
+    fn exp(self) -> Self {
+        exp_f32(self)
+    }
+    #[inline(always)]
+    fn fma(self, b: Self, c: Self) -> Self {
+        self.mul_add(b, c)
+    }
+}
+
+impl Float for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const NEG_INF: Self = f64::NEG_INFINITY;
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        f64::sqrt(self)
+    }
+    #[inline(always)]
+    fn ln(self) -> Self {
+        f64::ln(self)
+    }
+    #[inline(always)]
+    fn exp(self) -> Self {
+        exp_f64(self)
+    }
+    #[inline(always)]
+    fn fma(self, b: Self, c: Self) -> Self {
+        self.mul_add(b, c)
+    }
+}
+
+/// `e^x` for f32 in branch-free arithmetic: Cody–Waite reduction `x = n·ln2 + r`,
+/// `|r| ≤ ln2/2`, a degree-7 Taylor polynomial (truncation 5e-9 relative, below f32 rounding),
+/// and `2^n` applied as two exponent-field scalings so that results near overflow and in the
+/// subnormal range are right too. Max error ≈ 2 ulp; NaN propagates, −inf gives exactly 0.
+#[inline(always)]
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln2 split so that n·LN2_HI is exact for |n| < 2^10.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Below −104 the result rounds to 0 even as a subnormal; above 89 it is +inf.
+    const LO: f32 = -104.0;
+    const HI: f32 = 89.0;
+    // 1.5·2^23: adding it rounds to an integer held in the low mantissa bits.
+    const MAGIC: f32 = 12_582_912.0;
+    let xc = if x < LO {
+        LO
+    } else if x > HI {
+        HI
+    } else {
+        x
+    };
+    let t = xc * LOG2E + MAGIC;
+    let n = t - MAGIC;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    // n as an integer, straight from the bits of t (|n| ≤ 151 < 2^22).
+    let ni = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32;
+    let n1 = ni >> 1;
+    let n2 = ni - n1;
+    let s1 = f32::from_bits(((n1 + 127) as u32) << 23);
+    let s2 = f32::from_bits(((n2 + 127) as u32) << 23);
+    p * s1 * s2
+}
+
+/// `e^x` for f64, as [`exp_f32`] with a degree-13 polynomial (truncation 4e-18 relative).
+/// Max error ≈ 2 ulp.
+#[inline(always)]
+pub(crate) fn exp_f64(x: f64) -> f64 {
+    const LOG2E: f64 = std::f64::consts::LOG2_E;
+    // fdlibm's split: LN2_HI has 32 trailing zero bits, so n·LN2_HI is exact.
+    const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+    const LO: f64 = -746.0;
+    const HI: f64 = 710.0;
+    // 1.5·2^52.
+    const MAGIC: f64 = 6_755_399_441_055_744.0;
+    // 1/k! for k = 13 down to 2.
+    const C: [f64; 12] = [
+        1.0 / 6_227_020_800.0,
+        1.0 / 479_001_600.0,
+        1.0 / 39_916_800.0,
+        1.0 / 3_628_800.0,
+        1.0 / 362_880.0,
+        1.0 / 40_320.0,
+        1.0 / 5_040.0,
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+    ];
+    let xc = if x < LO {
+        LO
+    } else if x > HI {
+        HI
+    } else {
+        x
+    };
+    let t = xc * LOG2E + MAGIC;
+    let n = t - MAGIC;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let mut p = C[0];
+    for &c in &C[1..] {
+        p = p * r + c;
+    }
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    let ni = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i64;
+    let n1 = ni >> 1;
+    let n2 = ni - n1;
+    let s1 = f64::from_bits(((n1 + 1023) as u64) << 52);
+    let s2 = f64::from_bits(((n2 + 1023) as u64) << 52);
+    p * s1 * s2
+}
+
+/// How a kernel multiplies and adds: [`Fused`] where the CPU has FMA, [`Plain`] elsewhere
+/// (an `f32::mul_add` without hardware FMA is a slow libm call).
+pub(crate) trait Madd {
+    fn madd<T: Float>(a: T, b: T, c: T) -> T;
+}
+
+pub(crate) struct Fused;
+pub(crate) struct Plain;
+
+impl Madd for Fused {
+    #[inline(always)]
+    fn madd<T: Float>(a: T, b: T, c: T) -> T {
+        a.fma(b, c)
+    }
+}
+
+impl Madd for Plain {
+    #[inline(always)]
+    fn madd<T: Float>(a: T, b: T, c: T) -> T {
+        a * b + c
+    }
+}
+
+/// A kernel body that [`dispatch`] compiles per instruction set. `run` must be
+/// `#[inline(always)]` (and so must what it calls in hot loops) so that it is compiled inside
+/// the `#[target_feature]` wrapper rather than for the baseline target.
+pub(crate) trait Kernel {
+    type Out;
+    fn run<M: Madd>(self) -> Self::Out;
+}
+
+/// The instruction sets the fused kernels are compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    Baseline,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+impl Isa {
+    /// The best instruction set this CPU supports (detected once).
+    pub(crate) fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                let avx2 = std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma");
+                if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
+                    return Isa::Avx512;
+                }
+                if avx2 {
+                    return Isa::Avx2;
+                }
+            }
+            Isa::Baseline
+        })
+    }
+
+    /// Every instruction set this CPU can run (tests compare them with each other).
+    #[cfg(test)]
+    pub(crate) fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Baseline];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                v.push(Isa::Avx2);
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    v.push(Isa::Avx512);
+                }
+            }
+        }
+        v
+    }
+}
+
+/// # Safety
+/// The CPU must support avx512f, avx2 and fma.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn run_avx512<K: Kernel>(k: K) -> K::Out {
+    k.run::<Fused>()
+}
+
+/// # Safety
+/// The CPU must support avx2 and fma.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2<K: Kernel>(k: K) -> K::Out {
+    k.run::<Fused>()
+}
+
+/// Run `k` compiled for the best instruction set of this CPU.
+#[inline]
+pub(crate) fn dispatch<K: Kernel>(k: K) -> K::Out {
+    dispatch_on(Isa::best(), k)
+}
+
+/// Run `k` compiled for `isa`, which must be one that [`Isa::best`] or [`Isa::available`]
+/// returned (both only offer what the CPU reports).
+#[inline]
+pub(crate) fn dispatch_on<K: Kernel>(isa: Isa, k: K) -> K::Out {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx512` is only constructed after run-time detection of avx512f, avx2
+        // and fma; the wrapper has no other precondition.
+        Isa::Avx512 => unsafe { run_avx512(k) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Isa::Avx2` is only constructed after run-time detection of avx2 and fma.
+        Isa::Avx2 => unsafe { run_avx2(k) },
+        Isa::Baseline => k.run::<Plain>(),
+    }
+}
+
+/// A storage element type and the [`Float`] type its math runs in: f32 and f64 natively,
+/// f16/bf16 through f32 (converted on read, rounded once on write).
+pub(crate) trait Io: Copy + Send + Sync + Default + 'static {
+    type T: Float;
+    fn load(self) -> Self::T;
+    fn store(v: Self::T) -> Self;
+    /// The slice itself when `Self` is its own compute type (no conversion needed).
+    fn native(s: &[Self]) -> Option<&[Self::T]>;
+    fn native_mut(s: &mut [Self]) -> Option<&mut [Self::T]>;
+}
+
+macro_rules! io_native {
+    ($t:ty) => {
+        impl Io for $t {
+            type T = $t;
+            #[inline(always)]
+            fn load(self) -> $t {
+                self
+            }
+            #[inline(always)]
+            fn store(v: $t) -> Self {
+                v
+            }
+            #[inline(always)]
+            fn native(s: &[Self]) -> Option<&[$t]> {
+                Some(s)
+            }
+            #[inline(always)]
+            fn native_mut(s: &mut [Self]) -> Option<&mut [$t]> {
+                Some(s)
+            }
+        }
+    };
+}
+io_native!(f32);
+io_native!(f64);
+
+macro_rules! io_half {
+    ($t:ty) => {
+        impl Io for $t {
+            type T = f32;
+            #[inline(always)]
+            fn load(self) -> f32 {
+                self.to_f32()
+            }
+            #[inline(always)]
+            fn store(v: f32) -> Self {
+                <$t>::from_f32(v)
+            }
+            #[inline(always)]
+            fn native(_: &[Self]) -> Option<&[f32]> {
+                None
+            }
+            #[inline(always)]
+            fn native_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+                None
+            }
+        }
+    };
+}
+io_half!(f16);
+io_half!(bf16);
+
+/// Lanes of the vectorised reductions: independent partial results so that LLVM can keep
+/// them in vector registers (a single scalar accumulator would serialise the loop).
+const LANES: usize = 16;
+
+/// Largest element (−inf for an empty slice).
+#[inline(always)]
+pub(crate) fn max_of<T: Float>(x: &[T]) -> T {
+    let mut acc = [T::NEG_INF; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = a.max(v);
+        }
+    }
+    let mut m = T::NEG_INF;
+    for &v in chunks.remainder().iter().chain(acc.iter()) {
+        m = m.max(v);
+    }
+    m
+}
+
+/// Sum of the elements.
+#[inline(always)]
+pub(crate) fn sum_of<T: Float>(x: &[T]) -> T {
+    let mut acc = [T::ZERO; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    let mut s = T::ZERO;
+    for &v in chunks.remainder() {
+        s += v;
+    }
+    for &a in &acc {
+        s += a;
+    }
+    s
+}
+
+/// `out[i] = exp(x[i] − shift)`, returning the sum of the outputs.
+#[inline(always)]
+pub(crate) fn exp_shift_sum<T: Float>(x: &[T], shift: T, out: &mut [T]) -> T {
+    let mut acc = [T::ZERO; LANES];
+    let mut xc = x.chunks_exact(LANES);
+    let mut oc = out.chunks_exact_mut(LANES);
+    for (c, o) in (&mut xc).zip(&mut oc) {
+        for ((a, &v), o) in acc.iter_mut().zip(c).zip(o) {
+            let e = (v - shift).exp();
+            *o = e;
+            *a += e;
+        }
+    }
+    let mut s = T::ZERO;
+    for (&v, o) in xc.remainder().iter().zip(oc.into_remainder()) {
+        let e = (v - shift).exp();
+        *o = e;
+        s += e;
+    }
+    for &a in &acc {
+        s += a;
+    }
+    s
+}
+
+/// `x[i] = exp(x[i] − shift)` in place, returning the sum.
+#[inline(always)]
+pub(crate) fn exp_shift_sum_inplace<T: Float>(x: &mut [T], shift: T) -> T {
+    let mut acc = [T::ZERO; LANES];
+    let mut xc = x.chunks_exact_mut(LANES);
+    for c in &mut xc {
+        for (a, v) in acc.iter_mut().zip(c) {
+            let e = (*v - shift).exp();
+            *v = e;
+            *a += e;
+        }
+    }
+    let mut s = T::ZERO;
+    for v in xc.into_remainder() {
+        let e = (*v - shift).exp();
+        *v = e;
+        s += e;
+    }
+    for &a in &acc {
+        s += a;
+    }
+    s
+}
+
+/// `x[i] ·= s`.
+#[inline(always)]
+pub(crate) fn scale<T: Float>(x: &mut [T], s: T) {
+    for v in x {
+        *v = *v * s;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Relative error against the correctly rounded (to f64) `exp`, scaled to ulps of the type.
+    #[test]
+    fn exp_matches_std_f32() {
+        let mut worst = 0.0f64;
+        let mut x = -110.0f32;
+        while x < 90.0 {
+            let got = exp_f32(x) as f64;
+            let want = (x as f64).exp();
+            if want > f32::MAX as f64 {
+                assert_eq!(got, f64::INFINITY, "x = {x}");
+            } else if want >= f32::MIN_POSITIVE as f64 {
+                worst = worst.max(((got - want) / want).abs());
+            } else {
+                // Subnormal range: absolute error within one subnormal step.
+                assert!((got - want).abs() <= 1.5e-45, "x = {x}: {got} vs {want}");
+            }
+            x += 0.000_731;
+        }
+        assert!(worst < 2.5e-7, "worst relative error {worst}");
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f32(f32::INFINITY), f32::INFINITY);
+        assert!(exp_f32(f32::NAN).is_nan());
+        assert_eq!(exp_f32(0.0), 1.0);
+    }
+
+    #[test]
+    fn exp_matches_std_f64() {
+        let mut worst = 0.0f64;
+        let mut x = -750.0f64;
+        while x < 712.0 {
+            let got = exp_f64(x);
+            let want = x.exp();
+            if want.is_infinite() {
+                assert_eq!(got, f64::INFINITY, "x = {x}");
+            } else if want >= f64::MIN_POSITIVE {
+                worst = worst.max(((got - want) / want).abs());
+            } else {
+                assert!((got - want).abs() <= 1e-323, "x = {x}: {got} vs {want}");
+            }
+            x += 0.000_913_7;
+        }
+        assert!(worst < 5e-16, "worst relative error {worst}");
+        assert_eq!(exp_f64(f64::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f64(f64::INFINITY), f64::INFINITY);
+        assert!(exp_f64(f64::NAN).is_nan());
+        assert_eq!(exp_f64(0.0), 1.0);
+    }
+
+    struct SumExp<'a>(&'a [f32]);
+    impl Kernel for SumExp<'_> {
+        type Out = (f32, f32, Vec<f32>);
+        #[inline(always)]
+        fn run<M: Madd>(self) -> Self::Out {
+            let mut out = vec![0.0; self.0.len()];
+            let s = exp_shift_sum(self.0, 1.5, &mut out);
+            (max_of(self.0), s, out)
+        }
+    }
+
+    /// The vectorised reductions, compiled for every instruction set, against scalar loops.
+    #[test]
+    fn reductions_match_scalar_on_every_isa() {
+        for n in [0usize, 1, 15, 16, 17, 100, 1000] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 37) % 101) as f32 * 0.05 - 2.5).collect();
+            let want_max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let want_e: Vec<f64> = x.iter().map(|&v| ((v - 1.5) as f64).exp()).collect();
+            let want_sum: f64 = want_e.iter().sum();
+            for isa in Isa::available() {
+                let (m, s, e) = dispatch_on(isa, SumExp(&x));
+                assert_eq!(m, want_max, "{isa:?} n={n}");
+                assert!(
+                    (s as f64 - want_sum).abs() <= 1e-5 * want_sum.max(1.0),
+                    "{isa:?}"
+                );
+                for (a, b) in e.iter().zip(&want_e) {
+                    assert!((*a as f64 - b).abs() <= 3e-7 * b, "{isa:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn madd_variants_agree() {
+        assert_eq!(Fused::madd(2.0f64, 3.0, 1.0), 7.0);
+        assert_eq!(Plain::madd(2.0f32, 3.0, 1.0), 7.0);
+    }
+}

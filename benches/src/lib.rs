@@ -1,0 +1,1 @@
+//! Benchmarks of tensor-engine (criterion benches and comparison scripts).

@@ -1,0 +1,262 @@
+//! Default bodies of the backend trait's fused ops, composed from primitives. They are what a
+//! new backend gets for free, and what autograd differentiates through when a fused op has
+//! no backward rule of its own. Half-precision inputs are computed in f32, as PyTorch does.
+
+use crate::{AttentionParams, ConvParams, DType, Result, Tensor, UnfoldParams};
+
+/// Run `f` in f32 for half-precision inputs, casting the result back.
+fn in_f32(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    match x.dtype() {
+        DType::F16 | DType::BF16 => f(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype()),
+        _ => f(x),
+    }
+}
+
+fn upcast(t: Option<&Tensor>) -> Result<Option<Tensor>> {
+    t.map(|t| match t.dtype() {
+        DType::F16 | DType::BF16 => t.to_dtype(DType::F32),
+        _ => Ok(t.clone()),
+    })
+    .transpose()
+}
+
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    in_f32(x, |x| {
+        let m = x.detach().max_keepdim(-1)?;
+        let e = x.sub(&m)?.exp()?;
+        e.div(&e.sum_keepdim(-1)?)
+    })
+}
+
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    in_f32(x, |x| x.sub(&x.logsumexp_keepdim(-1)?))
+}
+
+pub fn layer_norm(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
+    let (w, b) = (upcast(weight)?, upcast(bias)?);
+    in_f32(x, |x| {
+        let mean = x.mean_keepdim(-1)?;
+        let xc = x.sub(&mean)?;
+        let var = xc.sqr()?.mean_keepdim(-1)?;
+        let mut y = xc.mul(&var.affine(1.0, eps)?.rsqrt()?)?;
+        if let Some(w) = &w {
+            y = y.mul(w)?;
+        }
+        if let Some(b) = &b {
+            y = y.add(b)?;
+        }
+        Ok(y)
+    })
+}
+
+pub fn rms_norm(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+    let w = upcast(weight)?;
+    in_f32(x, |x| {
+        let ms = x.sqr()?.mean_keepdim(-1)?;
+        let y = x.mul(&ms.affine(1.0, eps)?.rsqrt()?)?;
+        match &w {
+            Some(w) => y.mul(w),
+            None => Ok(y),
+        }
+    })
+}
+
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
+    let d = x.dims()[3];
+    let h = d / 2;
+    if interleaved {
+        let mut pd = x.dims()[..3].to_vec();
+        pd.extend([h, 2]);
+        let xp = x.reshape(pd)?;
+        let x1 = xp.narrow(-1, 0, 1)?.squeeze(-1)?;
+        let x2 = xp.narrow(-1, 1, 1)?.squeeze(-1)?;
+        let o1 = x1.mul(cos)?.sub(&x2.mul(sin)?)?;
+        let o2 = x2.mul(cos)?.add(&x1.mul(sin)?)?;
+        Tensor::stack(&[&o1, &o2], -1)?.reshape(x.shape().clone())
+    } else {
+        let x1 = x.narrow(-1, 0, h)?;
+        let x2 = x.narrow(-1, h, h)?;
+        let o1 = x1.mul(cos)?.sub(&x2.mul(sin)?)?;
+        let o2 = x2.mul(cos)?.add(&x1.mul(sin)?)?;
+        Tensor::cat(&[&o1, &o2], -1)
+    }
+}
+
+/// Repeat each KV head `g` times so that query head h reads KV head h / g.
+fn repeat_kv(t: &Tensor, g: usize) -> Result<Tensor> {
+    if g == 1 {
+        return Ok(t.clone());
+    }
+    let (b, h, l, d) = (t.dims()[0], t.dims()[1], t.dims()[2], t.dims()[3]);
+    t.unsqueeze(2)?
+        .broadcast_as([b, h, g, l, d])?
+        .reshape([b, h * g, l, d])
+}
+
+/// Sum the gradient of repeated KV heads back onto the shared head.
+fn unrepeat_kv(t: &Tensor, g: usize) -> Result<Tensor> {
+    if g == 1 {
+        return Ok(t.clone());
+    }
+    let (b, h, l, d) = (t.dims()[0], t.dims()[1], t.dims()[2], t.dims()[3]);
+    t.reshape([b, h / g, g, l, d])?.sum(2)
+}
+
+/// Additive bias of masking and ALiBi, `[1 or Hq, Lq, Lk]`, or None when there is none.
+pub fn mask_and_alibi(
+    p: &AttentionParams,
+    hq: usize,
+    lq: usize,
+    lk: usize,
+    dtype: DType,
+    device: &crate::Device,
+) -> Result<Option<Tensor>> {
+    let masked = p.causal || p.window.is_some();
+    let mut out: Option<Tensor> = None;
+    if masked {
+        let mut m = vec![0.0; lq * lk];
+        for i in 0..lq {
+            let pos = (lk - lq + i) as i64;
+            for j in 0..lk {
+                let jj = j as i64;
+                let hidden = (p.causal && jj > pos)
+                    || p.window.is_some_and(|w| (pos - jj).abs() >= w as i64);
+                if hidden {
+                    m[i * lk + j] = f64::NEG_INFINITY;
+                }
+            }
+        }
+        out = Some(Tensor::from_f64s(&m, (1, lq, lk), dtype, device)?);
+    }
+    if let Some(slopes) = &p.alibi_slopes {
+        let mut rel = vec![0.0; lq * lk];
+        for i in 0..lq {
+            let pos = (lk - lq + i) as f64;
+            for j in 0..lk {
+                rel[i * lk + j] = j as f64 - pos;
+            }
+        }
+        let rel = Tensor::from_f64s(&rel, (1, lq, lk), dtype, device)?;
+        let a = slopes.detach().reshape((hq, 1, 1))?.mul(&rel)?;
+        out = Some(match out {
+            Some(m) => a.add(&m)?,
+            None => a,
+        });
+    }
+    Ok(out)
+}
+
+/// Scaled scores with bias and masks, `[B, Hq, Lq, Lk]` (materialised: the default path).
+fn scores(q: &Tensor, kr: &Tensor, p: &AttentionParams) -> Result<Tensor> {
+    let (hq, lq, lk) = (q.dims()[1], q.dims()[2], kr.dims()[2]);
+    let mut s = q.matmul(&kr.t()?)?.affine(p.scale, 0.0)?;
+    if let Some(m) = mask_and_alibi(p, hq, lq, lk, s.dtype(), s.device())? {
+        s = s.add(&m)?;
+    }
+    if let Some(b) = &p.bias {
+        s = s.add(&b.detach())?;
+    }
+    Ok(s)
+}
+
+/// exp(s − lse) with fully masked rows (lse = −inf) giving zeros instead of NaN.
+fn probs(s: &Tensor, lse: &Tensor) -> Result<Tensor> {
+    let finite = lse.abs()?.lt_scalar(f64::INFINITY)?;
+    let safe = finite.where_cond(lse, &lse.zeros_like()?)?;
+    s.sub(&safe)?.exp()
+}
+
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    p: &AttentionParams,
+) -> Result<(Tensor, Tensor)> {
+    let g = q.dims()[1] / k.dims()[1];
+    let (kr, vr) = (repeat_kv(k, g)?, repeat_kv(v, g)?);
+    let s = scores(q, &kr, p)?;
+    let lse = s.logsumexp_keepdim(-1)?;
+    let out = probs(&s, &lse)?.matmul(&vr)?;
+    Ok((out, lse.squeeze(-1)?))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    grad_out: &Tensor,
+    p: &AttentionParams,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let g = q.dims()[1] / k.dims()[1];
+    let (kr, vr) = (repeat_kv(k, g)?, repeat_kv(v, g)?);
+    let s = scores(q, &kr, p)?;
+    let pr = probs(&s, &lse.unsqueeze(-1)?)?;
+    let dv = unrepeat_kv(&pr.t()?.matmul(grad_out)?, g)?;
+    let dp = grad_out.matmul(&vr.t()?)?;
+    let dsum = grad_out.mul(out)?.sum_keepdim(-1)?;
+    let ds = pr.mul(&dp.sub(&dsum)?)?;
+    let dq = ds.matmul(&kr)?.affine(p.scale, 0.0)?;
+    let dk = unrepeat_kv(&ds.t()?.matmul(q)?, g)?.affine(p.scale, 0.0)?;
+    Ok((dq, dk, dv))
+}
+
+fn unfold_params(w: &Tensor, p: &ConvParams) -> UnfoldParams {
+    UnfoldParams {
+        kernel: w.dims()[2..].to_vec(),
+        stride: p.stride.clone(),
+        padding: p.padding.clone(),
+        dilation: p.dilation.clone(),
+        pad_value: 0.0,
+    }
+}
+
+/// Convolution as im2col + (grouped) matmul.
+pub fn conv(x: &Tensor, w: &Tensor, p: &ConvParams) -> Result<Tensor> {
+    let up = unfold_params(w, p);
+    let out_sp = up
+        .out_spatial(&x.dims()[2..])
+        .ok_or_else(|| crate::Error::invalid("conv", "kernel larger than padded input"))?;
+    let (n, cout, g) = (x.dims()[0], w.dims()[0], p.groups);
+    let ck = w.elem_count() / cout; // Cin/groups · ∏k
+    let cols = x.unfold_patches(&up)?; // [N, Cin·K, L]
+    let l = cols.dims()[2];
+    let out = if g == 1 {
+        w.reshape((cout, ck))?.matmul(&cols)?
+    } else {
+        let cols = cols.reshape([n, g, ck, l])?;
+        w.reshape((g, cout / g, ck))?
+            .matmul(&cols)?
+            .reshape((n, cout, l))?
+    };
+    let mut dims = vec![n, cout];
+    dims.extend(out_sp);
+    out.reshape(dims)
+}
+
+/// Transposed convolution as (grouped) matmul + col2im.
+pub fn conv_transpose(
+    x: &Tensor,
+    w: &Tensor,
+    p: &ConvParams,
+    out_spatial: &[usize],
+) -> Result<Tensor> {
+    let up = unfold_params(w, p);
+    let (n, cin, g) = (x.dims()[0], x.dims()[1], p.groups);
+    let l: usize = x.dims()[2..].iter().product();
+    let k: usize = w.dims()[2..].iter().product();
+    let cout_g = w.dims()[1];
+    let cin_g = cin / g;
+    // w: [Cin, Cout/g, *k] → per group [Cout/g·K, Cin/g]
+    let wg = w.reshape((g, cin_g, cout_g * k))?.transpose(1, 2)?;
+    let xg = x.reshape([n, g, cin_g, l])?;
+    let cols = wg.matmul(&xg)?.reshape((n, g * cout_g * k, l))?;
+    cols.fold_patches(&up, out_spatial)
+}
