@@ -212,12 +212,21 @@ impl UnfoldParams {
             .iter()
             .enumerate()
             .map(|(i, &s)| {
-                let span = self.dilation[i] * (self.kernel[i] - 1) + 1;
-                let padded = s + 2 * self.padding[i];
+                let (k, st, d, p) = (
+                    *self.kernel.get(i)?,
+                    *self.stride.get(i)?,
+                    *self.dilation.get(i)?,
+                    *self.padding.get(i)?,
+                );
+                if k == 0 || st == 0 || d == 0 {
+                    return None;
+                }
+                let span = d.checked_mul(k - 1)?.checked_add(1)?;
+                let padded = p.checked_mul(2)?.checked_add(s)?;
                 if padded < span {
                     None
                 } else {
-                    Some((padded - span) / self.stride[i] + 1)
+                    Some((padded - span) / st + 1)
                 }
             })
             .collect()
@@ -292,6 +301,8 @@ pub trait BackendDevice: Send + Sync + std::fmt::Debug {
     // ---- elementwise -----------------------------------------------------------------------
     fn unary(&self, op: UnaryOp, s: &dyn BackendStorage, layout: &Layout) -> Result<Storage>;
     /// `lhs` and `rhs` have the same shape (broadcasting is already in the layouts) and dtype.
+    /// On integers, `Div` is floor division (Python's `//`) and division by zero is an `Err`;
+    /// add/sub/mul wrap.
     fn binary(
         &self,
         op: BinaryOp,
@@ -330,7 +341,7 @@ pub trait BackendDevice: Send + Sync + std::fmt::Debug {
         layout: &Layout,
         dims: &[usize],
     ) -> Result<Storage>;
-    /// Inclusive prefix sum along `dim`.
+    /// Inclusive prefix sum along `dim`. Integer sums keep the input dtype (wrapping).
     fn cumsum(&self, s: &dyn BackendStorage, layout: &Layout, dim: usize) -> Result<Storage>;
 
     // ---- matmul ----------------------------------------------------------------------------

@@ -121,7 +121,7 @@ pub fn mask_and_alibi(
     if masked {
         let mut m = vec![0.0; lq * lk];
         for i in 0..lq {
-            let pos = (lk - lq + i) as i64;
+            let pos = lk as i64 - lq as i64 + i as i64;
             for j in 0..lk {
                 let jj = j as i64;
                 let hidden = (p.causal && jj > pos)
@@ -136,7 +136,7 @@ pub fn mask_and_alibi(
     if let Some(slopes) = &p.alibi_slopes {
         let mut rel = vec![0.0; lq * lk];
         for i in 0..lq {
-            let pos = (lk - lq + i) as f64;
+            let pos = lk as f64 - lq as f64 + i as f64;
             for j in 0..lk {
                 rel[i * lk + j] = j as f64 - pos;
             }
@@ -246,9 +246,16 @@ pub fn conv_transpose(
     x: &Tensor,
     w: &Tensor,
     p: &ConvParams,
-    out_spatial: &[usize],
+    output_padding: &[usize],
 ) -> Result<Tensor> {
-    let up = unfold_params(w, p);
+    // Fold onto the whole unpadded output (every tap lands inside it), append
+    // `output_padding` cells that no tap reaches, then crop `padding` from the front.
+    let mut up = unfold_params(w, p);
+    let nd = up.kernel.len();
+    let full: Vec<usize> = (0..nd)
+        .map(|i| (x.dims()[2 + i] - 1) * p.stride[i] + p.dilation[i] * (up.kernel[i] - 1) + 1)
+        .collect();
+    up.padding = vec![0; nd];
     let (n, cin, g) = (x.dims()[0], x.dims()[1], p.groups);
     let l: usize = x.dims()[2..].iter().product();
     let k: usize = w.dims()[2..].iter().product();
@@ -258,5 +265,12 @@ pub fn conv_transpose(
     let wg = w.reshape((g, cin_g, cout_g * k))?.transpose(1, 2)?;
     let xg = x.reshape([n, g, cin_g, l])?;
     let cols = wg.matmul(&xg)?.reshape((n, g * cout_g * k, l))?;
-    cols.fold_patches(&up, out_spatial)
+    let mut out = cols.fold_patches(&up, &full)?;
+    for i in 0..nd {
+        let total = full[i] - 2 * p.padding[i] + output_padding[i];
+        out =
+            out.pad_with_zeros(2 + i, 0, output_padding[i])?
+                .narrow(2 + i, p.padding[i], total)?;
+    }
+    Ok(out)
 }

@@ -328,7 +328,6 @@ impl Tensor {
         if g == 0 || w.dims()[0] != cin || cin % g != 0 {
             return Err(Error::invalid(op, format!("input {:?} and weight {:?} do not agree with groups {g} (need w.dims[0] = Cin)", self.shape(), w.shape())));
         }
-        let mut out_sp = vec![];
         for i in 0..nd {
             if output_padding[i] >= p.stride[i].max(p.dilation[i]) {
                 return Err(Error::invalid(
@@ -338,11 +337,15 @@ impl Tensor {
                     ),
                 ));
             }
-            let k = w.dims()[2 + i];
-            let full = (self.dims()[2 + i] - 1) * p.stride[i]
-                + p.dilation[i] * (k - 1)
-                + output_padding[i]
-                + 1;
+            let (k, s) = (w.dims()[2 + i], self.dims()[2 + i]);
+            if k == 0 || s == 0 {
+                return Err(Error::invalid(
+                    op,
+                    format!("empty kernel {:?} or input {:?}", w.shape(), self.shape()),
+                ));
+            }
+            // Taps land in [0, full); output_padding only appends cells no tap reaches.
+            let full = (s - 1) * p.stride[i] + p.dilation[i] * (k - 1) + 1;
             if full <= 2 * p.padding[i] {
                 return Err(Error::invalid(
                     op,
@@ -353,7 +356,6 @@ impl Tensor {
                     ),
                 ));
             }
-            out_sp.push(full - 2 * p.padding[i]);
         }
         let cout = w.dims()[1] * g;
         if let Some(b) = bias {
@@ -365,7 +367,7 @@ impl Tensor {
                 });
             }
         }
-        let out = composite::conv_transpose(self, w, p, &out_sp)?;
+        let out = composite::conv_transpose(self, w, p, output_padding)?;
         match bias {
             None => Ok(out),
             Some(b) => {

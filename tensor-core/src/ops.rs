@@ -526,32 +526,64 @@ impl Tensor {
                 rhs: rhs.shape().clone(),
             });
         }
-        if self.rank() == 1 {
-            let r = self.unsqueeze(0)?.matmul(rhs)?;
-            return r.squeeze(-2);
+        // Check the contracted dims on the shapes the caller passed (before vector promotion).
+        let k_lhs = self.dims()[self.rank() - 1];
+        let k_rhs = rhs.dims()[rhs.rank().saturating_sub(2)];
+        if k_lhs != k_rhs {
+            return Err(Error::invalid(
+                "matmul",
+                format!(
+                    "cannot multiply {:?} by {:?}: the lhs has {k_lhs} columns but the rhs has {k_rhs} rows",
+                    self.shape(),
+                    rhs.shape()
+                ),
+            ));
         }
-        if rhs.rank() == 1 {
-            let r = self.matmul(&rhs.unsqueeze(1)?)?;
-            return r.squeeze(-1);
+        if self.rank() == 1 || rhs.rank() == 1 {
+            // Promote vectors to matrices, multiply, then drop the promoted dims (torch rules).
+            let a = if self.rank() == 1 {
+                self.unsqueeze(0)?
+            } else {
+                self.clone()
+            };
+            let b = if rhs.rank() == 1 {
+                rhs.unsqueeze(1)?
+            } else {
+                rhs.clone()
+            };
+            let mut r = a.matmul(&b)?;
+            if rhs.rank() == 1 {
+                r = r.squeeze(-1)?;
+            }
+            if self.rank() == 1 {
+                r = r.squeeze(if rhs.rank() == 1 { -1 } else { -2 })?;
+            }
+            return Ok(r);
         }
         let (m, k) = (self.dims()[self.rank() - 2], self.dims()[self.rank() - 1]);
         let (k2, n) = (rhs.dims()[rhs.rank() - 2], rhs.dims()[rhs.rank() - 1]);
         if k != k2 {
-            return Err(Error::ShapeMismatch {
-                op: "matmul",
-                lhs: self.shape().clone(),
-                rhs: rhs.shape().clone(),
-            });
+            return Err(Error::invalid(
+                "matmul",
+                format!(
+                    "cannot multiply {:?} by {:?}: the lhs has {k} columns but the rhs has {k2} rows",
+                    self.shape(),
+                    rhs.shape()
+                ),
+            ));
         }
         let ba = Shape::from(self.dims()[..self.rank() - 2].to_vec());
         let bb = Shape::from(rhs.dims()[..rhs.rank() - 2].to_vec());
-        let batch = ba
-            .broadcast_with(&bb, "matmul")
-            .map_err(|_| Error::ShapeMismatch {
-                op: "matmul",
-                lhs: self.shape().clone(),
-                rhs: rhs.shape().clone(),
-            })?;
+        let batch = ba.broadcast_with(&bb, "matmul").map_err(|_| {
+            Error::invalid(
+                "matmul",
+                format!(
+                    "batch dims of {:?} and {:?} do not broadcast",
+                    self.shape(),
+                    rhs.shape()
+                ),
+            )
+        })?;
         let mut da = batch.dims().to_vec();
         da.extend([m, k]);
         let mut db = batch.dims().to_vec();
@@ -668,11 +700,15 @@ impl Tensor {
                 .enumerate()
                 .all(|(i, (a, b))| i == d || a <= b);
         if !ok {
-            return Err(Error::ShapeMismatch {
-                op: "scatter_add",
-                lhs: self.shape().clone(),
-                rhs: ids.shape().clone(),
-            });
+            return Err(Error::invalid(
+                "scatter_add",
+                format!(
+                    "dst {:?}, ids {:?}, src {:?} along dim {d}: ids and src must have the same shape, the rank of dst, and sizes no larger than dst's off dim {d}",
+                    self.shape(),
+                    ids.shape(),
+                    src.shape()
+                ),
+            ));
         }
         let s = {
             let (sd, si, ss) = (self.storage(), ids.storage(), src.storage());
@@ -714,11 +750,15 @@ impl Tensor {
                 .enumerate()
                 .all(|(i, (a, b))| i == d || a == b);
         if !ok {
-            return Err(Error::ShapeMismatch {
-                op: "index_add",
-                lhs: self.shape().clone(),
-                rhs: src.shape().clone(),
-            });
+            return Err(Error::invalid(
+                "index_add",
+                format!(
+                    "dst {:?}, ids {:?}, src {:?} along dim {d}: need 1-D ids with src.dims[{d}] = ids.len() and src matching dst elsewhere",
+                    self.shape(),
+                    ids.shape(),
+                    src.shape()
+                ),
+            ));
         }
         let s = {
             let (sd, si, ss) = (self.storage(), ids.storage(), src.storage());

@@ -247,7 +247,14 @@ impl Tensor {
                 format!("need finite bounds and a non-zero step, got start {start}, end {end}, step {step}"),
             ));
         }
-        let n = ((end - start) / step).ceil().max(0.0) as usize;
+        let n_f = ((end - start) / step).ceil().max(0.0);
+        if n_f > (isize::MAX as f64) / 8.0 {
+            return Err(Error::invalid(
+                "arange",
+                format!("[{start}, {end}) in steps of {step} has {n_f:e} elements, more than can be allocated"),
+            ));
+        }
+        let n = n_f as usize;
         let v: Vec<f64> = (0..n).map(|i| start + i as f64 * step).collect();
         Tensor::from_f64s(&v, n, dtype, device)
     }

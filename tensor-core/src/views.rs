@@ -119,7 +119,7 @@ impl Tensor {
                 "narrow",
                 format!(
                     "range {start}..{} out of bounds for dim {d} of size {size} (shape {:?})",
-                    start + len,
+                    start.saturating_add(len),
                     self.shape()
                 ),
             ));

@@ -87,7 +87,7 @@ impl Geom {
 }
 
 /// Check the parameters and normalise an `[N, C, *spatial]` geometry to 3-D.
-fn geometry(op: &'static str, p: &UnfoldParams, spatial: &[usize]) -> Result<(Geom, usize)> {
+fn geometry(op: &'static str, p: &UnfoldParams, spatial: &[usize]) -> Result<Geom> {
     let k = p.kernel.len();
     if !(1..=3).contains(&k) {
         return Err(Error::invalid(
@@ -134,15 +134,14 @@ fn geometry(op: &'static str, p: &UnfoldParams, spatial: &[usize]) -> Result<(Ge
         a[3 - k..].copy_from_slice(v);
         a
     };
-    let g = Geom {
+    Ok(Geom {
         input: pad3(spatial, 1),
         out: pad3(&out, 1),
         kernel: pad3(&p.kernel, 1),
         stride: pad3(&p.stride, 1),
         padding: pad3(&p.padding, 0),
         dilation: pad3(&p.dilation, 1),
-    };
-    Ok((g, k))
+    })
 }
 
 /// im2col of one `[D, H, W]` plane into `[K, L]` rows.
@@ -228,7 +227,7 @@ pub(crate) fn unfold(s: &dyn BackendStorage, l: &Layout, p: &UnfoldParams) -> Re
             got: l.shape().clone(),
         });
     }
-    let (g, _) = geometry(OP, p, &dims[2..])?;
+    let g = geometry(OP, p, &dims[2..])?;
     let planes = dims[0] * dims[1];
     Ok(map_same!(&cpu(s)?.data, v => unfold_typed(v, l, &g, planes, p.pad_value)))
 }
@@ -264,10 +263,10 @@ pub(crate) fn fold(
 ) -> Result<HostData> {
     const OP: &str = "fold";
     check_layout(s, l, OP)?;
-    let (g, _) = geometry(OP, p, out_spatial)?;
+    let g = geometry(OP, p, out_spatial)?;
     let (k, n_pos) = (g.kernel_len(), g.out_len());
     let dims = l.dims();
-    if dims.len() != 3 || dims[1] % k != 0 || dims[2] != n_pos {
+    if dims.len() != 3 || dims[1] != dims[1] / k * k || dims[2] != n_pos {
         return Err(Error::UnexpectedShape {
             op: OP,
             expected: format!("[N, C·{k}, {n_pos}] for output spatial {out_spatial:?}"),

@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use tensor_core::{composite, BackendStorage, DType, Error, Layout, Result, Shape, Tensor, WithDType};
 
 use crate::CpuStorage;
-use math::{Float, Io, Kernel, Madd};
+use math::{Float, Io, Kernel, Simd};
 
 /// Elements per parallel task of the row kernels (rows are never split).
 const ROW_CHUNK: usize = 16 * 1024;
@@ -92,19 +92,19 @@ enum RowOp<'a, T> {
 
 /// One row: `x` in, `y` out (same length, non-empty).
 #[inline(always)]
-fn apply_row<T: Float, M: Madd>(op: RowOp<'_, T>, x: &[T], y: &mut [T]) {
+fn apply_row<T: Float, M: Simd>(op: RowOp<'_, T>, x: &[T], y: &mut [T]) {
     let n = T::from_f64(x.len() as f64);
     match op {
         RowOp::Softmax => {
             let m = math::max_of(x);
-            let s = math::exp_shift_sum(x, m, y);
+            let s = math::exp_shift_sum::<T, M>(x, m, y);
             math::scale(y, T::ONE / s);
         }
         RowOp::LogSoftmax => {
             // As `logsumexp`: an infinite max shifts by 0 instead (no NaN from −inf − −inf).
             let m = math::max_of(x);
             let shift = if (m - m) == T::ZERO { m } else { T::ZERO };
-            let s = math::exp_shift_sum(x, shift, y);
+            let s = math::exp_shift_sum::<T, M>(x, shift, y);
             let lse = s.ln() + shift;
             for (o, &v) in y.iter_mut().zip(x) {
                 *o = v - lse;
@@ -194,7 +194,7 @@ struct Rows<'a, S: Io> {
 impl<S: Io> Kernel for Rows<'_, S> {
     type Out = ();
     #[inline(always)]
-    fn run<M: Madd>(self) {
+    fn run<M: Simd>(self, _: M) {
         let n = self.n;
         let mut xin = Vec::new();
         let mut yout = Vec::new();
@@ -364,7 +364,7 @@ struct Rope<'a, S: Io> {
 impl<S: Io> Kernel for Rope<'_, S> {
     type Out = ();
     #[inline(always)]
-    fn run<M: Madd>(self) {
+    fn run<M: Simd>(self, _: M) {
         let (d, h) = (self.d, self.d / 2);
         let mut xin = Vec::new();
         let mut yout = vec![S::T::ZERO; d];

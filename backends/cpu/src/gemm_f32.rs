@@ -8,9 +8,9 @@
 //! other CPUs. Inputs may be f32 or half floats: packing converts to f32 on the fly, so bf16/f16
 //! matmuls never materialise an f32 copy of their operands.
 //!
-//! Threads: each `KC × NC` block of `B` is packed cooperatively, then the threads split the
-//! `m × nc` output block in a 2-D grid (rows when `m` is tall enough, else column panels).
-//! Tiny problems stay on the calling thread, and `m ≤ SMALL_M` goes to a direct
+//! Threads: the output is cut into one independent sub-product per thread (rows when `m` is
+//! tall enough, else columns), so a call forks and joins once. Tiny problems stay on the
+//! calling thread, and `m ≤ SMALL_M` goes to a direct
 //! matrix-vector path that never packs `B` (decode-time matvecs are memory-bound: packing
 //! would triple the traffic).
 
@@ -98,7 +98,11 @@ impl<T> MatRef<'_, T> {
         }
         let last = (rows - 1)
             .checked_mul(self.rs)
-            .and_then(|r| (cols - 1).checked_mul(self.cs).and_then(|c| r.checked_add(c)))
+            .and_then(|r| {
+                (cols - 1)
+                    .checked_mul(self.cs)
+                    .and_then(|c| r.checked_add(c))
+            })
             .and_then(|x| x.checked_add(self.offset));
         matches!(last, Some(l) if l < self.data.len())
     }
@@ -198,7 +202,11 @@ pub(crate) fn sgemm_with<TA: PackElem, TB: PackElem>(
         return Ok(());
     }
     let macs = mn.saturating_mul(k);
-    let threads = if macs < PAR_MIN_MACS { 1 } else { threads.max(1) };
+    let threads = if macs < PAR_MIN_MACS {
+        1
+    } else {
+        threads.max(1)
+    };
     if n == 1 && m > 1 {
         // A column output is also a contiguous row: solve Cᵀ = Bᵀ·Aᵀ with one row.
         return sgemm_with(isa, 1, m, k, b.t(), a.t(), c, threads);
@@ -260,7 +268,14 @@ fn round_up(x: usize, to: usize) -> usize {
     x.div_ceil(to) * to
 }
 
-/// The blocked, packed product.
+/// The blocked, packed product, split over threads.
+///
+/// The output is cut into a `tm × tn` grid of independent sub-products, one per thread:
+/// rows when `m` is tall enough, else column panels. Each thread packs its own operands, so
+/// there is a single fork-join per call and no barrier (waking the pool is the expensive part
+/// of a parallel region here); the price is that the threads of one grid row both pack the
+/// same `B` block (or, splitting columns, the same `A` block), a cost of order `1/m` (`1/n`)
+/// of the work.
 ///
 /// # Safety
 /// `a` (`m × k`) and `b` (`k × n`) must be readable at every index their strides reach, and
@@ -276,73 +291,41 @@ unsafe fn packed<TA: PackElem, TB: PackElem>(
     c: OutPtr,
     threads: usize,
 ) {
-    let ldc = n;
-    let nc_max = NC.min(round_up(n, NR));
-    let kc_max = KC.min(k);
-    let mut bbuf = take_buf(&B_BUF, nc_max * kc_max);
-    {
-        let bpack = aligned(&mut bbuf, nc_max * kc_max);
-        for jc in (0..n).step_by(NC) {
-            let nc = NC.min(n - jc);
-            let panels = nc.div_ceil(NR);
-            // Split the output block over a grid of `tm × tn` threads: rows while there are
-            // enough of them, else column panels (tall-skinny and short-wide both stay busy).
-            let t = threads.min(panels * m.div_ceil(MR)).max(1);
-            let tm = if m >= t * 4 * MR { t } else { 1 };
-            let tn = (t / tm).min(panels).max(1);
-            for pc in (0..k).step_by(KC) {
-                let kc = KC.min(k - pc);
-                let bblock = &mut bpack[..panels * NR * kc];
-                // SAFETY (for the raw offsets below): `pc < k`, `jc < n`, so the block origins
-                // are valid indices of the views.
-                let bsub = Raw {
-                    ptr: b.ptr.wrapping_add(pc * b.rs + jc * b.cs),
-                    ..b
-                };
-                if t > 1 {
-                    let per = panels.div_ceil(t);
-                    bblock
-                        .par_chunks_mut(per * NR * kc)
-                        .enumerate()
-                        .for_each(|(ci, chunk)| {
-                            let p0 = ci * per;
-                            let np = chunk.len() / (NR * kc);
-                            // SAFETY: panels `p0..p0+np` lie inside the `kc × nc` block.
-                            unsafe { pack_b(isa, chunk, bsub, kc, nc, p0, np) };
-                        });
-                } else {
-                    // SAFETY: all panels of the `kc × nc` block, which is inside `b`.
-                    unsafe { pack_b(isa, bblock, bsub, kc, nc, 0, panels) };
-                }
-                let bblock: &[f32] = bblock;
-                let accumulate = pc > 0;
-                let work = |w: usize| {
-                    let (wi, wj) = (w / tn, w % tn);
-                    let rows = split(m, tm, wi, MR);
-                    let cols = split(panels, tn, wj, 1);
-                    if rows.is_empty() || cols.is_empty() {
-                        return;
-                    }
-                    // SAFETY: the (rows × cols) rectangles of different `w` are disjoint and
-                    // inside the `m × n` output; `a` is readable over `rows × pc..pc+kc`.
-                    unsafe {
-                        macro_block(
-                            isa, a, bblock, c, ldc, rows, cols, jc, nc, pc, kc, accumulate,
-                        )
-                    };
-                };
-                if t > 1 {
-                    (0..tm * tn).into_par_iter().for_each(work);
-                } else {
-                    work(0);
-                }
-            }
+    let panels = n.div_ceil(NR);
+    let t = threads.min(panels * m.div_ceil(MR)).max(1);
+    let tm = if m >= t * 4 * MR { t } else { 1 };
+    let tn = (t / tm).min(panels).max(1);
+    let work = |w: usize| {
+        // Capture the Send/Sync wrappers whole, not their raw-pointer fields.
+        let (a, b, c) = (a, b, c);
+        let rows = split(m, tm, w / tn, MR);
+        let cols = split(n, tn, w % tn, NR);
+        if rows.is_empty() || cols.is_empty() {
+            return;
         }
+        let asub = Raw {
+            ptr: a.ptr.wrapping_add(rows.start * a.rs),
+            ..a
+        };
+        let bsub = Raw {
+            ptr: b.ptr.wrapping_add(cols.start * b.cs),
+            ..b
+        };
+        let csub = OutPtr(c.0.wrapping_add(rows.start * n + cols.start));
+        // SAFETY: the grid cells are disjoint rectangles of the `m × n` output; the operand
+        // origins move to the cell's first row of `a` and first column of `b`, which stay
+        // readable over the cell's `rows × k` and `k × cols`.
+        unsafe { packed_single(isa, rows.len(), cols.len(), k, asub, bsub, csub, n) };
+    };
+    if tm * tn > 1 {
+        (0..tm * tn).into_par_iter().for_each(work);
+    } else {
+        work(0);
     }
-    give_buf(&B_BUF, bbuf);
 }
 
-/// The `part`-th of `parts` near-equal ranges of `0..len`, boundaries on multiples of `unit`.
+/// The part of `0..len` that the `part`-th of `parts` workers gets: near-equal shares
+/// whose boundaries fall on multiples of `unit`.
 fn split(len: usize, parts: usize, part: usize, unit: usize) -> std::ops::Range<usize> {
     let units = len.div_ceil(unit);
     let lo = (units * part / parts * unit).min(len);
@@ -350,60 +333,95 @@ fn split(len: usize, parts: usize, part: usize, unit: usize) -> std::ops::Range<
     lo..hi
 }
 
-/// One thread's share of a `kc × nc` step: rows `rows` of `C` against B panels `cols`.
+/// The blocked product on the calling thread, writing `C` with row stride `ldc`.
 ///
 /// # Safety
-/// See [`packed`]; `rows`/`cols` must be this thread's exclusive share of the output.
+/// As [`packed`], with `c` an `m × n` window of row stride `ldc`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn macro_block<TA: PackElem>(
+unsafe fn packed_single<TA: PackElem, TB: PackElem>(
     isa: Isa,
+    m: usize,
+    n: usize,
+    k: usize,
     a: Raw<TA>,
-    bblock: &[f32],
+    b: Raw<TB>,
     c: OutPtr,
     ldc: usize,
-    rows: std::ops::Range<usize>,
-    cols: std::ops::Range<usize>,
-    jc: usize,
-    nc: usize,
-    pc: usize,
-    kc: usize,
-    accumulate: bool,
 ) {
-    let mc_max = MC.min(round_up(rows.len(), MR));
-    let mut abuf = take_buf(&A_BUF, mc_max * kc);
+    let nc_max = round_up(NC.min(n), NR);
+    let kc_max = KC.min(k);
+    let mc_max = round_up(MC.min(m), MR);
+    let mut bbuf = take_buf(&B_BUF, nc_max * kc_max);
+    let mut abuf = take_buf(&A_BUF, mc_max * kc_max);
     {
-        let apack = aligned(&mut abuf, mc_max * kc);
-        let mut ic = rows.start;
-        while ic < rows.end {
-            let mc = MC.min(rows.end - ic);
-            let asub = Raw {
-                ptr: a.ptr.wrapping_add(ic * a.rs + pc * a.cs),
-                ..a
-            };
-            // SAFETY: rows `ic..ic+mc`, depth `pc..pc+kc` are inside `a`.
-            unsafe { pack_a(isa, apack, asub, mc, kc) };
-            // Each A micro-panel (MR × kc, 12 KiB) stays in L1 while the B panels of this
-            // thread stream past it from L2 (the whole kc × nc block of B fits there).
-            for ip in 0..mc.div_ceil(MR) {
-                let i0 = ip * MR;
-                let mr = MR.min(mc - i0);
-                let ap = &apack[ip * MR * kc..(ip + 1) * MR * kc];
-                for jp in cols.clone() {
-                    let j0 = jp * NR;
-                    let nr = NR.min(nc - j0);
-                    let bp = &bblock[jp * NR * kc..(jp + 1) * NR * kc];
-                    // SAFETY: the tile (ic+i0.., jc+j0..) of `mr × nr` is inside `C` and
-                    // owned by this thread; the packed panels hold `kc` full steps.
-                    unsafe {
-                        let cp = c.0.add((ic + i0) * ldc + jc + j0);
-                        microkernel(isa, kc, ap, bp, cp, ldc, mr, nr, accumulate);
-                    }
+        let bpack = aligned(&mut bbuf, nc_max * kc_max);
+        let apack = aligned(&mut abuf, mc_max * kc_max);
+        for jc in (0..n).step_by(NC) {
+            let nc = NC.min(n - jc);
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
+                let bsub = Raw {
+                    ptr: b.ptr.wrapping_add(pc * b.rs + jc * b.cs),
+                    ..b
+                };
+                // SAFETY: the `kc × nc` block at (pc, jc) lies inside `b`; `bpack` holds
+                // `round_up(nc, NR) · kc` floats.
+                unsafe { pack_b(isa, bpack, bsub, kc, nc, 0, nc.div_ceil(NR)) };
+                for ic in (0..m).step_by(MC) {
+                    let mc = MC.min(m - ic);
+                    let asub = Raw {
+                        ptr: a.ptr.wrapping_add(ic * a.rs + pc * a.cs),
+                        ..a
+                    };
+                    // SAFETY: rows `ic..ic+mc`, depth `pc..pc+kc` are inside `a`; `apack`
+                    // holds `round_up(mc, MR) · kc` floats.
+                    unsafe { pack_a(isa, apack, asub, mc, kc) };
+                    let cblk = OutPtr(c.0.wrapping_add(ic * ldc + jc));
+                    // SAFETY: the `mc × nc` window at (ic, jc) is inside this call's `C`.
+                    unsafe { macro_block(isa, apack, bpack, cblk, ldc, mc, nc, kc, pc > 0) };
                 }
             }
-            ic += mc;
         }
     }
     give_buf(&A_BUF, abuf);
+    give_buf(&B_BUF, bbuf);
+}
+
+/// `C[mc × nc] (+)= Apack · Bpack` for one packed `A` block and one packed `B` block.
+///
+/// # Safety
+/// `c` points to an `mc × nc` window of row stride `ldc`; the packs hold `kc`-deep panels
+/// covering `mc` rows and `nc` columns.
+#[allow(clippy::too_many_arguments)]
+unsafe fn macro_block(
+    isa: Isa,
+    apack: &[f32],
+    bpack: &[f32],
+    c: OutPtr,
+    ldc: usize,
+    mc: usize,
+    nc: usize,
+    kc: usize,
+    accumulate: bool,
+) {
+    // Each A micro-panel (MR × kc, 12 KiB) stays in L1 while the B panels stream past it
+    // from L2 (the whole kc × nc block of B fits there).
+    for ip in 0..mc.div_ceil(MR) {
+        let i0 = ip * MR;
+        let mr = MR.min(mc - i0);
+        let ap = &apack[ip * MR * kc..(ip + 1) * MR * kc];
+        for jp in 0..nc.div_ceil(NR) {
+            let j0 = jp * NR;
+            let nr = NR.min(nc - j0);
+            let bp = &bpack[jp * NR * kc..(jp + 1) * NR * kc];
+            // SAFETY: the `mr × nr` tile at (i0, j0) is inside the window; the packed
+            // panels hold `kc` full steps.
+            unsafe {
+                let cp = c.0.add(i0 * ldc + j0);
+                microkernel(isa, kc, ap, bp, cp, ldc, mr, nr, accumulate);
+            }
+        }
+    }
 }
 
 /// Pack rows `0..mc` × depth `0..kc` of `a` into `MR`-tall panels, `k`-major, zero-padded.
@@ -418,7 +436,11 @@ unsafe fn pack_a<T: PackElem>(isa: Isa, dst: &mut [f32], a: Raw<T>, mc: usize, k
         return;
     }
     let _ = isa;
-    for (ip, panel) in dst.chunks_exact_mut(MR * kc).take(mc.div_ceil(MR)).enumerate() {
+    for (ip, panel) in dst
+        .chunks_exact_mut(MR * kc)
+        .take(mc.div_ceil(MR))
+        .enumerate()
+    {
         let i0 = ip * MR;
         let mr = MR.min(mc - i0);
         if mr < MR {
@@ -573,6 +595,8 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     const NV: usize = NR / 16;
+    /// How far ahead (in floats: 16 steps of k) the microkernel prefetches its B panel.
+    const PF_B: usize = 512;
     /// The lanes of a 16-lane vector that one `MR`-row step of a packed A panel holds.
     const AMASK: __mmask16 = ((1u32 << MR) - 1) as __mmask16;
 
@@ -634,9 +658,18 @@ mod avx512 {
     /// # Safety
     /// AVX-512F; `a.cs == 1`; contract of [`super::pack_a`].
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn pack_a_rows<T: PackElem>(dst: &mut [f32], a: Raw<T>, mc: usize, kc: usize) {
+    pub(super) unsafe fn pack_a_rows<T: PackElem>(
+        dst: &mut [f32],
+        a: Raw<T>,
+        mc: usize,
+        kc: usize,
+    ) {
         let kc16 = kc / 16 * 16;
-        for (ip, panel) in dst.chunks_exact_mut(MR * kc).take(mc.div_ceil(MR)).enumerate() {
+        for (ip, panel) in dst
+            .chunks_exact_mut(MR * kc)
+            .take(mc.div_ceil(MR))
+            .enumerate()
+        {
             let i0 = ip * MR;
             let mr = MR.min(mc - i0);
             let out = panel.as_mut_ptr();
@@ -783,6 +816,8 @@ mod avx512 {
                 let mut bv = [_mm512_setzero_ps(); NV];
                 for (v, x) in bv.iter_mut().enumerate() {
                     *x = _mm512_loadu_ps(bp.add(16 * v));
+                    // B streams in from L2: ask for it a few steps early.
+                    _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_B + 16 * v) as *const i8);
                 }
                 for (i, row) in acc.iter_mut().enumerate() {
                     let av = _mm512_set1_ps(*ap.add(i));
@@ -1024,15 +1059,220 @@ unsafe fn avx512_dot(x: &[f32], y: &[f32]) -> f32 {
             j += 64;
         }
         while j + 16 <= n {
-            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(xp.add(j)), _mm512_loadu_ps(yp.add(j)), acc[0]);
+            acc[0] = _mm512_fmadd_ps(
+                _mm512_loadu_ps(xp.add(j)),
+                _mm512_loadu_ps(yp.add(j)),
+                acc[0],
+            );
             j += 16;
         }
         if j < n {
             let m = ((1u32 << (n - j)) - 1) as __mmask16;
-            let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, xp.add(j)), _mm512_maskz_loadu_ps(m, yp.add(j)));
+            let v = _mm512_mul_ps(
+                _mm512_maskz_loadu_ps(m, xp.add(j)),
+                _mm512_maskz_loadu_ps(m, yp.add(j)),
+            );
             acc[1] = _mm512_add_ps(acc[1], v);
         }
     }
     let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
     _mm512_reduce_add_ps(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Strides for an `r × c` matrix stored row-major, column-major, or padded with gaps.
+    fn strides(order: usize, r: usize, c: usize) -> (usize, usize, usize) {
+        match order {
+            0 => (c, 1, r * c),
+            1 => (1, r, r * c),
+            // Odd strides: row stride 2c + 3, column stride 2.
+            _ => (2 * c + 3, 2, r.max(1) * (2 * c + 3)),
+        }
+    }
+
+    fn reference<T: PackElem>(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: MatRef<'_, T>,
+        b: MatRef<'_, T>,
+    ) -> Vec<f64> {
+        let mut c = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0f64;
+                for p in 0..k {
+                    let x = a.data[a.offset + i * a.rs + p * a.cs].to_f32() as f64;
+                    let y = b.data[b.offset + p * b.rs + j * b.cs].to_f32() as f64;
+                    s += x * y;
+                }
+                c[i * n + j] = s;
+            }
+        }
+        c
+    }
+
+    fn isas() -> Vec<Isa> {
+        let mut v = vec![Isa::Portable];
+        if Isa::detect() != Isa::Portable {
+            v.push(Isa::detect());
+        }
+        v
+    }
+
+    fn check<T: PackElem>(conv: impl Fn(f32) -> T, m: usize, n: usize, k: usize, tol: f64) {
+        for (ao, bo) in [(0, 0), (1, 0), (0, 1), (1, 1), (2, 2), (1, 2)] {
+            let (ars, acs, alen) = strides(ao, m, k);
+            let (brs, bcs, blen) = strides(bo, k, n);
+            let a: Vec<T> = noise(alen + 5, (m * 31 + k) as u64)
+                .into_iter()
+                .map(&conv)
+                .collect();
+            let b: Vec<T> = noise(blen + 5, (n * 17 + k) as u64)
+                .into_iter()
+                .map(&conv)
+                .collect();
+            let av = MatRef {
+                data: &a,
+                offset: 3,
+                rs: ars,
+                cs: acs,
+            };
+            let bv = MatRef {
+                data: &b,
+                offset: 2,
+                rs: brs,
+                cs: bcs,
+            };
+            let want = reference(m, n, k, av, bv);
+            for isa in isas() {
+                for threads in [1, 2] {
+                    let mut c = vec![f32::NAN; m * n];
+                    sgemm_with(isa, m, n, k, av, bv, &mut c, threads).expect("in-bounds views");
+                    for (idx, (&got, &w)) in c.iter().zip(&want).enumerate() {
+                        let err = (got as f64 - w).abs();
+                        assert!(
+                            err <= tol * (1.0 + w.abs()) * (k as f64).sqrt().max(1.0),
+                            "{isa:?} t{threads} m{m} n{n} k{k} orders ({ao},{bo}) at {idx}: \
+                             got {got}, want {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    const SIZES: [usize; 6] = [1, 7, 16, 33, 129, 260];
+
+    #[test]
+    fn f32_matches_reference_on_awkward_sizes() {
+        for &m in &SIZES {
+            for &n in &SIZES {
+                for &k in &[1, 7, 33, 129, 260] {
+                    // Keep the largest cubes out: they add time, not coverage.
+                    if m * n * k <= 260 * 260 * 33 {
+                        check(|x| x, m, n, k, 1e-5);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_block_boundaries() {
+        // Cross MC (rows), NC (columns) and KC (depth) blocks, with ragged edges.
+        check(|x| x, MC + 13, 40, KC + 5, 1e-5);
+        check(|x| x, 37, NC + 45, 20, 1e-5);
+        check(|x| x, 100, 70, 3 * KC + 1, 1e-5);
+    }
+
+    #[test]
+    fn half_inputs_widen_exactly() {
+        for (m, n, k) in [
+            (1, 33, 17),
+            (7, 129, 33),
+            (33, 7, 129),
+            (129, 70, 40),
+            (5, 1, 33),
+        ] {
+            check(bf16::from_f32, m, n, k, 1e-5);
+            check(f16::from_f32, m, n, k, 1e-5);
+        }
+    }
+
+    #[test]
+    fn degenerate_shapes() {
+        let a = [1f32, 2.0];
+        let b = [3f32, 4.0];
+        let av = MatRef {
+            data: &a[..],
+            offset: 0,
+            rs: 2,
+            cs: 1,
+        };
+        let bv = MatRef {
+            data: &b[..],
+            offset: 0,
+            rs: 2,
+            cs: 1,
+        };
+        // k = 0: zeros, whatever was in C.
+        let mut c = vec![7f32; 4];
+        sgemm(2, 2, 0, av, bv, &mut c, 2).expect("k = 0");
+        assert_eq!(c, [0.0; 4]);
+        // Empty output.
+        let mut c: Vec<f32> = vec![];
+        sgemm(0, 2, 1, av, bv, &mut c, 2).expect("m = 0");
+        // Out-of-bounds views and short outputs are errors, not panics.
+        let mut c = vec![0f32; 4];
+        assert!(sgemm(2, 2, 2, av, bv, &mut c, 1).is_err());
+        let mut c = vec![0f32; 1];
+        assert!(sgemm(1, 2, 1, av, bv, &mut c, 1).is_err());
+    }
+
+    #[test]
+    fn transpose16_is_a_transpose() {
+        #[cfg(target_arch = "x86_64")]
+        if Isa::detect() == Isa::Avx512 {
+            // A 16 × 16 packed through the column-major path equals the row-major one.
+            let b: Vec<f32> = (0..16 * 16).map(|x| x as f32).collect();
+            let rm = Raw {
+                ptr: b.as_ptr(),
+                rs: 16,
+                cs: 1,
+            };
+            let cm = Raw {
+                ptr: b.as_ptr(),
+                rs: 1,
+                cs: 16,
+            };
+            let (mut x, mut y) = (vec![0f32; NR * 16], vec![0f32; NR * 16]);
+            // SAFETY: AVX-512F detected; both views cover the 256-element buffer exactly.
+            unsafe {
+                avx512::pack_b(&mut x, rm, 16, 16, 0, 1);
+                avx512::pack_b(&mut y, cm, 16, 16, 0, 1);
+            }
+            for p in 0..16 {
+                for j in 0..16 {
+                    assert_eq!(x[p * NR + j], b[p * 16 + j]);
+                    assert_eq!(y[p * NR + j], b[j * 16 + p]);
+                }
+            }
+        }
+    }
 }

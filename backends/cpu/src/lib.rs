@@ -1,8 +1,9 @@
 //! CPU backend for tensor-engine: host vectors, rayon for large work, and a strided walker that
 //! keeps the innermost dimension a tight loop. [`device()`] hands out the shared CPU device.
 //!
-//! This file also holds the per-element traits the kernels are generic over: [`Elem`] for every
-//! dtype, [`Float`] for the float math, [`HalfFloat`] for the 16-bit types computed through f32.
+//! This file also holds the per-element traits the kernels are generic over: `Elem` for every
+//! dtype, `HalfFloat` for the 16-bit types computed through f32 (the float math trait, `Float`,
+//! lives in `elementwise.rs`), plus the layout checks every primitive runs first.
 
 mod cast;
 mod conv;

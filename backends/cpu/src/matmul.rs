@@ -122,11 +122,8 @@ impl Problem {
         // stack evenly onto its rows: the whole batch is one `(batch·m) × k` GEMM.
         let rhs_shared = batch.iter().zip(rs).all(|(&d, &s)| d == 1 || s == 0);
         if count > 1 && rhs_shared {
-            let rows: Vec<(usize, usize)> = ld[..r - 1]
-                .iter()
-                .zip(ls)
-                .map(|(&d, &s)| (d, s))
-                .collect();
+            let rows: Vec<(usize, usize)> =
+                ld[..r - 1].iter().zip(ls).map(|(&d, &s)| (d, s)).collect();
             if let Some(stride) = stacked_stride(&rows) {
                 p.m = m * count;
                 p.a_rs = stride;
@@ -143,7 +140,10 @@ impl Problem {
         let mut idx = vec![0usize; batch.len()];
         let (mut ao, mut bo) = (lhs_l.offset(), rhs_l.offset());
         for _ in 0..count {
-            p.items.push(Item { a_off: ao, b_off: bo });
+            p.items.push(Item {
+                a_off: ao,
+                b_off: bo,
+            });
             for d in (0..batch.len()).rev() {
                 idx[d] += 1;
                 ao += ls[d];
@@ -215,7 +215,9 @@ impl Problem {
         let one = |it: Item, c: &mut [f64], threads: usize| -> Result<()> {
             let (av, bv) = self.views(a, b, it);
             if !av.fits(self.m, self.k) || !bv.fits(self.k, self.n) || c.len() < self.out_len {
-                return Err(backend_err("operand view reaches outside its storage".into()));
+                return Err(backend_err(
+                    "operand view reaches outside its storage".into(),
+                ));
             }
             let macs = self.m * self.n * self.k;
             let par = if threads > 1 && macs >= gemm_f32::PAR_MIN_MACS {
@@ -285,5 +287,198 @@ fn backend_err(msg: String) -> Error {
     Error::Backend {
         backend: "cpu".into(),
         msg: format!("{OP}: {msg}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{noise, view};
+    use tensor_core::{DType, Shape};
+
+    fn storage(v: &[f64], dtype: DType) -> CpuStorage {
+        CpuStorage::new(HostData::from_f64_slice(v, dtype))
+    }
+
+    /// Naive f64 batched product of two views of the same rank.
+    fn reference(a: &[f64], al: &Layout, b: &[f64], bl: &Layout) -> Vec<f64> {
+        let (av, bv) = (view(a, al), view(b, bl));
+        let r = al.rank();
+        let (m, k, n) = (al.dims()[r - 2], al.dims()[r - 1], bl.dims()[r - 1]);
+        let batch: usize = al.dims()[..r - 2].iter().product();
+        let mut out = vec![0.0; batch * m * n];
+        for t in 0..batch {
+            for i in 0..m {
+                for j in 0..n {
+                    out[(t * m + i) * n + j] = (0..k)
+                        .map(|p| av[(t * m + i) * k + p] * bv[(t * k + p) * n + j])
+                        .sum();
+                }
+            }
+        }
+        out
+    }
+
+    fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= tol * (1.0 + w.abs()),
+                "{what} at {i}: got {g}, want {w}"
+            );
+        }
+    }
+
+    fn run(a: &[f64], al: &Layout, b: &[f64], bl: &Layout, dtype: DType, tol: f64, what: &str) {
+        // Round the inputs to the dtype first so the reference sees the same values.
+        let (sa, sb) = (storage(a, dtype), storage(b, dtype));
+        let (ra, rb) = (sa.data.to_f64_vec(), sb.data.to_f64_vec());
+        let out = matmul(&sa, al, &sb, bl).expect(what);
+        assert_eq!(out.data.dtype(), dtype, "{what}: dtype");
+        assert_close(
+            &out.data.to_f64_vec(),
+            &reference(&ra, al, &rb, bl),
+            tol,
+            what,
+        );
+    }
+
+    /// Contiguous layout of `dims` with the last two dims stored transposed.
+    fn transposed(dims: &[usize]) -> Layout {
+        let r = dims.len();
+        let mut stored = dims.to_vec();
+        stored.swap(r - 2, r - 1);
+        let mut perm: Vec<usize> = (0..r).collect();
+        perm.swap(r - 2, r - 1);
+        Layout::contiguous(stored).permute(&perm)
+    }
+
+    #[test]
+    fn all_float_dtypes_and_orientations() {
+        for (m, k, n) in [
+            (1, 7, 33),
+            (7, 33, 1),
+            (33, 129, 7),
+            (64, 64, 64),
+            (130, 40, 70),
+        ] {
+            let a = noise(m * k, 1);
+            let b = noise(k * n, 2);
+            let layouts = [
+                (Layout::contiguous([m, k]), Layout::contiguous([k, n])),
+                (transposed(&[m, k]), Layout::contiguous([k, n])),
+                (Layout::contiguous([m, k]), transposed(&[k, n])),
+                (transposed(&[m, k]), transposed(&[k, n])),
+            ];
+            for (al, bl) in &layouts {
+                for (dtype, tol) in [
+                    (DType::F32, 1e-5),
+                    (DType::F64, 1e-12),
+                    (DType::BF16, 1e-2),
+                    (DType::F16, 2e-3),
+                ] {
+                    let what = format!("{dtype} {m}x{k}x{n} {:?} {:?}", al.strides(), bl.strides());
+                    run(&a, al, &b, bl, dtype, tol, &what);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn batches_broadcasts_and_odd_strides() {
+        let (m, k, n) = (9, 20, 11);
+        let a = noise(4 * m * k, 3);
+        let b = noise(4 * k * n, 4);
+        // Shared right operand (stride-0 batch): folded into one tall GEMM.
+        let al = Layout::contiguous([2, 2, m, k]);
+        let bl = Layout::contiguous([k, n])
+            .broadcast_as(&Shape::from([2, 2, k, n]))
+            .unwrap();
+        run(&a, &al, &b, &bl, DType::F32, 1e-5, "shared rhs");
+        // Shared left operand.
+        let al = Layout::contiguous([m, k])
+            .broadcast_as(&Shape::from([4, m, k]))
+            .unwrap();
+        let bl = Layout::contiguous([4, k, n]);
+        run(&a, &al, &b, &bl, DType::F32, 1e-5, "shared lhs");
+        // Shared rhs but a left operand that cannot stack (batch of transposed matrices).
+        let al = transposed(&[4, m, k]);
+        let bl = Layout::contiguous([k, n])
+            .broadcast_as(&Shape::from([4, k, n]))
+            .unwrap();
+        run(
+            &a,
+            &al,
+            &b,
+            &bl,
+            DType::BF16,
+            1e-2,
+            "shared rhs, transposed lhs",
+        );
+        // Odd strides: every other column of a wider matrix, offset into the storage.
+        let al = Layout::new(Shape::from([3, m, k / 2]), vec![m * k, k, 2], 1);
+        let bl = Layout::new(Shape::from([3, k / 2, n]), vec![k * n, 2 * n, 1], 3);
+        run(&a, &al, &b, &bl, DType::F32, 1e-5, "odd strides");
+        run(&a, &al, &b, &bl, DType::F64, 1e-12, "odd strides f64");
+        // Many small matrices (batch-parallel path) and an empty batch.
+        let al = Layout::contiguous([64, 3, 5]);
+        let bl = Layout::contiguous([64, 5, 2]);
+        let a = noise(64 * 15, 5);
+        let b = noise(64 * 10, 6);
+        run(&a, &al, &b, &bl, DType::F32, 1e-5, "many small");
+        let out = matmul(
+            &storage(&[], DType::F32),
+            &Layout::contiguous([0, 3, 5]),
+            &storage(&[], DType::F32),
+            &Layout::contiguous([0, 5, 2]),
+        )
+        .expect("empty batch");
+        assert!(out.data.is_empty());
+    }
+
+    #[test]
+    fn k_zero_gives_zeros() {
+        for dtype in [DType::F32, DType::F64, DType::BF16] {
+            let out = matmul(
+                &storage(&[], dtype),
+                &Layout::contiguous([2, 0]),
+                &storage(&[], dtype),
+                &Layout::contiguous([0, 3]),
+            )
+            .expect("k = 0");
+            assert_eq!(out.data.to_f64_vec(), vec![0.0; 6]);
+        }
+    }
+
+    #[test]
+    fn errors_instead_of_panics() {
+        let a = storage(&[1.0; 6], DType::F32);
+        let l23 = Layout::contiguous([2, 3]);
+        let l32 = Layout::contiguous([3, 2]);
+        let b64 = storage(&[1.0; 6], DType::F64);
+        assert!(matches!(
+            matmul(&a, &l23, &b64, &l32),
+            Err(Error::DTypeMismatch { .. })
+        ));
+        let i = storage(&[1.0; 6], DType::I64);
+        assert!(matches!(
+            matmul(&i, &l23, &i, &l32),
+            Err(Error::UnsupportedDType { .. })
+        ));
+        assert!(matches!(
+            matmul(&a, &l23, &a, &l23),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        let l1 = Layout::contiguous([6]);
+        assert!(matches!(
+            matmul(&a, &l1, &a, &l1),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        // A layout that reaches past its storage.
+        let big = Layout::contiguous([3, 3]);
+        let l33 = Layout::contiguous([3, 3]);
+        assert!(matmul(&a, &big, &a, &l33).is_err());
+        let b64s = storage(&[1.0; 6], DType::F64);
+        assert!(matmul(&b64s, &big, &b64s, &l33).is_err());
     }
 }

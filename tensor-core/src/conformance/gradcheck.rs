@@ -32,7 +32,10 @@ impl Input {
             }
             Presentation::Narrowed => x.clone(),
         };
-        Ok(Input { var: Var::from_tensor(&base)?, pres })
+        Ok(Input {
+            var: Var::from_tensor(&base)?,
+            pres,
+        })
     }
 
     fn view(&self, t: &Tensor) -> Result<Tensor> {
@@ -48,7 +51,11 @@ impl Input {
 
 /// Check the gradients of `f` with respect to every input (f64 tensors) by central
 /// differences. `f` may return any shape; it is reduced with fixed random weights.
-pub fn check_grad(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Result<Tensor>) -> Result<()> {
+pub fn check_grad(
+    name: &str,
+    inputs: &[Tensor],
+    f: impl Fn(&[Tensor]) -> Result<Tensor>,
+) -> Result<()> {
     check_grad_tol(name, inputs, 1e-6, 1e-5, f)
 }
 
@@ -62,10 +69,17 @@ pub fn check_grad_tol(
 ) -> Result<()> {
     for x in inputs {
         if x.dtype() != DType::F64 {
-            return Err(Error::msg(format!("{name}: gradient checks take f64 inputs, got {}", x.dtype())));
+            return Err(Error::msg(format!(
+                "{name}: gradient checks take f64 inputs, got {}",
+                x.dtype()
+            )));
         }
     }
-    for pres in [Presentation::Contiguous, Presentation::Transposed, Presentation::Narrowed] {
+    for pres in [
+        Presentation::Contiguous,
+        Presentation::Transposed,
+        Presentation::Narrowed,
+    ] {
         check_one(name, inputs, pres, atol, rtol, &f)
             .map_err(|e| Error::msg(format!("{name} ({pres:?} inputs): {e}")))?;
     }
@@ -80,14 +94,20 @@ fn check_one(
     rtol: f64,
     f: &impl Fn(&[Tensor]) -> Result<Tensor>,
 ) -> Result<()> {
-    let ins: Vec<Input> = inputs.iter().map(|x| Input::new(x, pres)).collect::<Result<_>>()?;
+    let ins: Vec<Input> = inputs
+        .iter()
+        .map(|x| Input::new(x, pres))
+        .collect::<Result<_>>()?;
     let views = |vals: &[Tensor]| -> Result<Vec<Tensor>> {
         ins.iter().zip(vals).map(|(i, v)| i.view(v)).collect()
     };
     let vars: Vec<Tensor> = ins.iter().map(|i| i.var.as_tensor().clone()).collect();
     let y = f(&views(&vars)?)?;
     if y.dtype() != DType::F64 {
-        return Err(Error::msg(format!("output dtype {} (expected f64)", y.dtype())));
+        return Err(Error::msg(format!(
+            "output dtype {} (expected f64)",
+            y.dtype()
+        )));
     }
     let dev = y.device().clone();
     let w = det_tensor(y.shape().clone(), DType::F64, &dev, 0xC0FFEE)?;
@@ -116,7 +136,13 @@ fn check_one(
             let lm = eval(&vals)?;
             numeric[j] = (lp - lm) / (2.0 * EPS);
         }
-        assert_close_slices(&format!("{name}: gradient of input {i}"), &analytic, &numeric, atol, rtol)?;
+        assert_close_slices(
+            &format!("{name}: gradient of input {i}"),
+            &analytic,
+            &numeric,
+            atol,
+            rtol,
+        )?;
     }
     Ok(())
 }
@@ -127,6 +153,12 @@ pub fn input(shape: impl Into<crate::Shape>, device: &Device, seed: u64) -> Resu
 }
 
 /// A deterministic f64 input in [lo, hi) (for ops with restricted domains such as log).
-pub fn input_in(shape: impl Into<crate::Shape>, lo: f64, hi: f64, device: &Device, seed: u64) -> Result<Tensor> {
+pub fn input_in(
+    shape: impl Into<crate::Shape>,
+    lo: f64,
+    hi: f64,
+    device: &Device,
+    seed: u64,
+) -> Result<Tensor> {
     det_tensor(shape, DType::F64, device, seed)?.affine((hi - lo) / 2.0, (hi + lo) / 2.0)
 }

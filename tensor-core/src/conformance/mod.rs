@@ -68,7 +68,9 @@ pub fn run_group(device: &Device, group: &str) -> Result<()> {
         }
     }
     if ran == 0 && filter.is_none() {
-        return Err(Error::msg(format!("no conformance cases in group {group:?}")));
+        return Err(Error::msg(format!(
+            "no conformance cases in group {group:?}"
+        )));
     }
     if failures.is_empty() {
         Ok(())
@@ -83,17 +85,43 @@ pub fn run_group(device: &Device, group: &str) -> Result<()> {
 }
 
 /// Compare two tensors elementwise (as f64) within `atol + rtol·|expected|`.
-pub fn assert_close(what: &str, got: &crate::Tensor, expected: &crate::Tensor, atol: f64, rtol: f64) -> Result<()> {
+pub fn assert_close(
+    what: &str,
+    got: &crate::Tensor,
+    expected: &crate::Tensor,
+    atol: f64,
+    rtol: f64,
+) -> Result<()> {
     if got.shape() != expected.shape() {
-        return Err(Error::msg(format!("{what}: shape {:?}, expected {:?}", got.shape(), expected.shape())));
+        return Err(Error::msg(format!(
+            "{what}: shape {:?}, expected {:?}",
+            got.shape(),
+            expected.shape()
+        )));
     }
-    assert_close_slices(what, &got.to_f64_vec()?, &expected.to_f64_vec()?, atol, rtol)
+    assert_close_slices(
+        what,
+        &got.to_f64_vec()?,
+        &expected.to_f64_vec()?,
+        atol,
+        rtol,
+    )
 }
 
 /// Compare two f64 slices within `atol + rtol·|expected|`; NaNs must match NaNs.
-pub fn assert_close_slices(what: &str, got: &[f64], expected: &[f64], atol: f64, rtol: f64) -> Result<()> {
+pub fn assert_close_slices(
+    what: &str,
+    got: &[f64],
+    expected: &[f64],
+    atol: f64,
+    rtol: f64,
+) -> Result<()> {
     if got.len() != expected.len() {
-        return Err(Error::msg(format!("{what}: {} values, expected {}", got.len(), expected.len())));
+        return Err(Error::msg(format!(
+            "{what}: {} values, expected {}",
+            got.len(),
+            expected.len()
+        )));
     }
     let mut worst: Option<(usize, f64)> = None;
     for (i, (&g, &e)) in got.iter().zip(expected).enumerate() {
@@ -123,17 +151,26 @@ pub fn assert_close_slices(what: &str, got: &[f64], expected: &[f64], atol: f64,
 /// Deterministic pseudo-random values in [-1, 1) (independent of any backend's RNG), so
 /// that every backend checks the same numbers.
 pub fn det_values(n: usize, seed: u64) -> Vec<f64> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
         })
         .collect()
 }
 
 /// A tensor of deterministic values in [-1, 1).
-pub fn det_tensor(shape: impl Into<crate::Shape>, dtype: crate::DType, device: &Device, seed: u64) -> Result<crate::Tensor> {
+pub fn det_tensor(
+    shape: impl Into<crate::Shape>,
+    dtype: crate::DType,
+    device: &Device,
+    seed: u64,
+) -> Result<crate::Tensor> {
     let shape = shape.into();
     crate::Tensor::from_f64s(&det_values(shape.elem_count(), seed), shape, dtype, device)
 }

@@ -4,12 +4,13 @@
 //! `tools/make_op_fixtures.py` from PyTorch in float64 — never hand-edited): inputs, the op's
 //! parameters, torch's output, a fixed upstream gradient `gy`, torch's gradient of every
 //! differentiable input, and the values of inputs the op updates in place (batch-norm running
-//! statistics). A case runs our op three times:
+//! statistics). A case runs our op six times (see [`MODES`]):
 //!
-//! 1. f64, untracked inputs: the backend's fused forward kernels (conv, norms, rope, ...).
-//! 2. f64, the differentiable inputs as [`Var`]s: the forward again (fused ops then take their
-//!    differentiable path), then `y.backward_with_grad(gy)` against torch's gradients.
-//! 3. f32, untracked, index inputs as u32 instead of i64: the f32 kernels.
+//! - f64 with plain tensors: the backend's fused forward kernels (conv, norms, rope, ...);
+//! - f64 with the differentiable inputs as [`Var`]s: the forward again (fused ops then take
+//!   their differentiable path), then `y.backward_with_grad(gy)` against torch's gradients;
+//! - both again with every input a non-contiguous view (transposed or narrowed);
+//! - f32 (index inputs u32 instead of i64), contiguous and strided, forward only.
 //!
 //! The fixture format is described in the header of `tools/make_op_fixtures.py`.
 
@@ -163,22 +164,89 @@ fn parse_fixture(text: &str) -> Result<Fixture> {
 }
 
 /// How a run builds its inputs.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Mode {
-    /// f64, plain tensors: forward only.
-    F64Untracked,
-    /// f64, the inputs with expected gradients as variables: forward and backward.
-    F64Tracked,
-    /// f32 floats, u32 indices, plain tensors: forward only.
-    F32Untracked,
+#[derive(Clone, Copy, Debug)]
+struct Mode {
+    /// F64, or F32 (index inputs are then u32 instead of i64, covering a second index dtype).
+    dtype: DType,
+    /// The inputs with expected gradients are variables and the run back-propagates `gy`.
+    /// Untracked runs reach the backend's fused forward kernels; tracked runs the
+    /// differentiable compositions and the backward rules.
+    tracked: bool,
+    /// Every input is a non-contiguous view with the same values: of rank >= 2 a transposed
+    /// view of a buffer holding the transpose, of rank 1 the middle of a padded buffer.
+    strided: bool,
 }
 
-impl Mode {
-    fn float(self) -> DType {
-        match self {
-            Mode::F32Untracked => DType::F32,
-            _ => DType::F64,
-        }
+const MODES: [Mode; 6] = [
+    Mode {
+        dtype: DType::F64,
+        tracked: false,
+        strided: false,
+    },
+    Mode {
+        dtype: DType::F64,
+        tracked: true,
+        strided: false,
+    },
+    Mode {
+        dtype: DType::F64,
+        tracked: false,
+        strided: true,
+    },
+    Mode {
+        dtype: DType::F64,
+        tracked: true,
+        strided: true,
+    },
+    Mode {
+        dtype: DType::F32,
+        tracked: false,
+        strided: false,
+    },
+    Mode {
+        dtype: DType::F32,
+        tracked: false,
+        strided: true,
+    },
+];
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {} {}",
+            self.dtype,
+            if self.strided {
+                "strided"
+            } else {
+                "contiguous"
+            },
+            if self.tracked {
+                "forward+backward"
+            } else {
+                "forward"
+            }
+        )
+    }
+}
+
+/// The buffer behind an input: itself, or (strided) a buffer that [`view`] turns back into it.
+fn buffer_for(t: &Tensor, strided: bool) -> Result<Tensor> {
+    match t.rank() {
+        _ if !strided => Ok(t.clone()),
+        0 => Ok(t.clone()),
+        1 => t.pad_with_value(0, 1, 1, 7.0),
+        _ => t.t()?.contiguous(),
+    }
+}
+
+/// The op's view of a buffer made by [`buffer_for`] (also maps a buffer's gradient back).
+fn view(buf: &Tensor, strided: bool) -> Result<Tensor> {
+    match buf.rank() {
+        _ if !strided => Ok(buf.clone()),
+        0 => Ok(buf.clone()),
+        1 => buf.narrow(0, 1, buf.dims()[0] - 2),
+        _ => buf.t(),
     }
 }
 
@@ -279,17 +347,16 @@ fn compare(what: &str, got: &Tensor, expected: &Array, atol: f64, rtol: f64) -> 
 }
 
 fn run_mode(dev: &Device, fx: &Fixture, tol: Tol, op: OpFn, mode: Mode) -> Result<()> {
-    let float = mode.float();
-    let (atol, rtol) = match mode {
-        Mode::F32Untracked => (tol.atol32, tol.rtol32),
-        _ => (tol.atol64, tol.rtol64),
+    let (atol, rtol) = match mode.dtype {
+        DType::F64 => (tol.atol64, tol.rtol64),
+        _ => (tol.atol32, tol.rtol32),
     };
     let mut tensors = BTreeMap::new();
     let mut vars: Vec<(&str, Var)> = vec![];
     for (name, a) in &fx.inputs {
-        let dtype = match (a.dtype, mode) {
-            (None, _) => float,
-            (Some(DType::I64), Mode::F32Untracked) => DType::U32,
+        let dtype = match (a.dtype, mode.dtype) {
+            (None, float) => float,
+            (Some(DType::I64), DType::F32) => DType::U32,
             (Some(d), _) => d,
         };
         let t = Tensor::from_host(
@@ -297,24 +364,26 @@ fn run_mode(dev: &Device, fx: &Fixture, tol: Tol, op: OpFn, mode: Mode) -> Resul
             a.shape.clone(),
             dev,
         )?;
-        let t = if mode == Mode::F64Tracked && fx.grads.iter().any(|(g, _)| g == name) {
-            let v = Var::from_tensor(&t)?;
+        let buf = buffer_for(&t, mode.strided)?;
+        let buf = if mode.tracked && fx.grads.iter().any(|(g, _)| g == name) {
+            let v = Var::from_tensor(&buf)?;
             vars.push((name, v.clone()));
             v.into_inner()
         } else {
-            t
+            buf
         };
-        tensors.insert(name.clone(), t);
+        tensors.insert(name.clone(), view(&buf, mode.strided)?);
     }
     let env = Env {
         params: fx.params.clone(),
         tensors,
     };
     let y = op(&env)?;
-    if y.dtype() != float {
+    if y.dtype() != mode.dtype {
         return Err(Error::msg(format!(
-            "output dtype {}, expected {float}",
-            y.dtype()
+            "output dtype {}, expected {}",
+            y.dtype(),
+            mode.dtype
         )));
     }
     compare("output", &y, &fx.output, atol, rtol)?;
@@ -327,7 +396,7 @@ fn run_mode(dev: &Device, fx: &Fixture, tol: Tol, op: OpFn, mode: Mode) -> Resul
             rtol,
         )?;
     }
-    if mode != Mode::F64Tracked {
+    if !mode.tracked {
         return Ok(());
     }
     let gy = Tensor::from_f64s(&fx.gy.data, fx.gy.shape.clone(), DType::F64, dev)?;
@@ -340,9 +409,9 @@ fn run_mode(dev: &Device, fx: &Fixture, tol: Tol, op: OpFn, mode: Mode) -> Resul
             .expect("vars are built from grads")
             .1;
         let got = match grads.get(var.as_tensor()) {
-            Some(g) => g.clone(),
+            Some(g) => view(g, mode.strided)?,
             // No entry means no path from the output: a zero gradient, which torch must agree with.
-            None => var.zeros_like()?,
+            None => view(&var.zeros_like()?, mode.strided)?,
         };
         compare(&format!("gradient of {name}"), &got, expected, atol, rtol)?;
     }
@@ -351,8 +420,8 @@ fn run_mode(dev: &Device, fx: &Fixture, tol: Tol, op: OpFn, mode: Mode) -> Resul
 
 fn run_fixture(dev: &Device, json: &str, tol: Tol, op: OpFn) -> Result<()> {
     let fx = parse_fixture(json)?;
-    for mode in [Mode::F64Untracked, Mode::F64Tracked, Mode::F32Untracked] {
-        run_mode(dev, &fx, tol, op, mode).map_err(|e| Error::msg(format!("{mode:?}: {e}")))?;
+    for mode in MODES {
+        run_mode(dev, &fx, tol, op, mode).map_err(|e| Error::msg(format!("{mode}: {e}")))?;
     }
     Ok(())
 }

@@ -1,31 +1,38 @@
 //! Flash-style attention on the CPU: forward with an online softmax over key blocks, and the
 //! FlashAttention-2 backward that recomputes probabilities from the saved log-sum-exp. The
 //! `[Lq, Lk]` score matrix (and a broadcast bias) is never materialised: work happens on
-//! `BQ × BK` blocks that stay in cache, through the small products of [`super::tile`].
+//! `BK × BQ` blocks that stay in cache, through the small products of [`super::tile`].
+//!
+//! Blocks hold scores transposed, `Sᵀ = K · Qᵀ` (keys down, queries across), so every
+//! softmax reduction (row max, row sum, rescaling) runs down the columns as plain vector
+//! operations with no horizontal reductions, and K is read in place, whatever its strides.
+//! The products that need `S` rather than `Sᵀ` read it through strides ([`AMat`]).
 //!
 //! Forward tasks are (batch, kv head, query block), holding the query rows of every head that
 //! shares the kv head (GQA), so each key/value block is read once for the whole group. When
 //! there are too few tasks to fill the threads (decoding), the key range is also split and
 //! the partial softmax states are merged afterwards (flash-decoding). Backward tasks are
-//! (batch, kv head): each owns its dK/dV rows and the dQ rows of its query heads, so no
-//! write is shared.
+//! (batch, kv head, key range): each owns its dK/dV rows and returns a partial dQ for its
+//! query heads, summed afterwards, so no write is shared.
+
+use std::borrow::Cow;
 
 use half::{bf16, f16};
 use rayon::prelude::*;
 use tensor_core::{composite, AttentionParams, DType, Result, Tensor, WithDType};
 
-use super::math::{self, dispatch, Float, Io, Kernel, Madd};
-use super::tile::{gemm, transpose, Mat};
+use super::math::{self, dispatch, Float, Io, Kernel, Simd};
+use super::tile::{gemm, AMat, Mat};
 use super::{elems, tensor_of};
 
-/// Query rows per forward task (summed over the heads of a GQA group).
+/// Query rows per task (summed over the heads of a GQA group).
 const BQ: usize = 64;
 /// Keys per block.
 const BK: usize = 64;
-/// Key blocks a split of the key range covers at least (decode-time splitting).
+/// Key blocks a split of the key range covers at least.
 const MIN_SPLIT_BLOCKS: usize = 4;
-/// Forward tasks wanted before the key range is split. Fixed (not the thread count) so that
-/// results do not depend on the machine.
+/// Tasks wanted before the key range is split. Fixed (not the thread count) so that results
+/// do not depend on the machine.
 const TARGET_TASKS: usize = 32;
 
 /// Storage offset and strides of a rank-4 view (broadcast dims have stride 0).
@@ -46,24 +53,23 @@ impl View4 {
             let (d, s) = (l.dims()[r - 1 - i], l.strides()[r - 1 - i]);
             st[3 - i] = if d == 1 { 0 } else { s };
         }
-        View4 { off: l.offset(), st }
+        View4 {
+            off: l.offset(),
+            st,
+        }
+    }
+
+    /// A contiguous `[_, h, l, d]` buffer.
+    fn contiguous(h: usize, l: usize, d: usize) -> View4 {
+        View4 {
+            off: 0,
+            st: [h * l * d, l * d, d, 1],
+        }
     }
 
     #[inline(always)]
     fn row(&self, a: usize, b: usize, c: usize) -> usize {
         self.off + a * self.st[0] + b * self.st[1] + c * self.st[2]
-    }
-}
-
-/// Elements of `data` as the compute type: borrowed when they already are, else converted
-/// (only the span `[off, end)` a view reaches; offsets into it shift by `off`).
-fn as_compute<S: Io>(data: &[S], off: usize, end: usize) -> (std::borrow::Cow<'_, [S::T]>, usize) {
-    match S::native(data) {
-        Some(d) => (std::borrow::Cow::Borrowed(d), off),
-        None => (
-            std::borrow::Cow::Owned(data[off..end.max(off)].iter().map(|x| x.load()).collect()),
-            0,
-        ),
     }
 }
 
@@ -107,8 +113,18 @@ struct Scores<'a, T> {
     window: Option<i64>,
     alibi: Option<Vec<T>>,
     bias: Option<(&'a [T], View4)>,
-    /// `0, 1, …, BK−1` (ALiBi's column ramp).
-    ramp: [T; BK],
+}
+
+/// Per query row (one column of a transposed score block): what the scores need.
+struct Cols<T> {
+    /// Absolute position, as the compute type (ALiBi).
+    pos: Vec<T>,
+    slope: Vec<T>,
+    /// Bias offset of key 0.
+    boff: Vec<usize>,
+    /// Visible keys `[lo, hi)`.
+    lo: Vec<usize>,
+    hi: Vec<usize>,
 }
 
 impl<T: Float> Scores<'_, T> {
@@ -136,7 +152,6 @@ impl<T: Float> Scores<'_, T> {
     }
 
     /// Keys visible to some query row among `i0..i0+n`.
-    #[inline(always)]
     fn key_range(&self, i0: usize, n: usize) -> (usize, usize) {
         if n == 0 {
             return (0, 0);
@@ -145,237 +160,91 @@ impl<T: Float> Scores<'_, T> {
     }
 
     /// Whether every key in `j0..j1` is visible to every query row in `i0..i0+n`.
-    #[inline(always)]
     fn all_visible(&self, i0: usize, n: usize, j0: usize, j1: usize) -> bool {
         let (p0, p1) = (self.pos(i0), self.pos(i0 + n - 1));
         let (j0, j1) = (j0 as i64, j1 as i64 - 1);
         (!self.causal || j1 <= p0) && self.window.is_none_or(|w| p1 - j0 < w && j1 - p0 < w)
     }
 
-    /// Add ALiBi and bias to one row of raw scores `s[0..BK]` (keys `j0..`, `nv` of them
-    /// real) of query `(b, h, i)`, then set masked and padding columns to −inf.
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    fn finish_row(&self, s: &mut [T], b: usize, h: usize, i: usize, j0: usize, nv: usize, masked: bool) {
-        let p = self.pos(i);
-        if let Some(al) = &self.alibi {
-            let slope = al[h];
-            let base = T::from_f64((j0 as i64 - p) as f64);
-            for (x, &r) in s.iter_mut().zip(&self.ramp) {
-                *x += slope * (base - r);
-            }
-        }
-        if let Some((bd, bv)) = &self.bias {
-            let o = bv.row(b, h, i) + j0 * bv.st[3];
-            if bv.st[3] == 1 {
-                for (x, &y) in s[..nv].iter_mut().zip(&bd[o..o + nv]) {
-                    *x += y;
-                }
-            } else {
-                for (j, x) in s[..nv].iter_mut().enumerate() {
-                    *x += bd[o + j * bv.st[3]];
-                }
-            }
-        }
-        if masked {
+    /// Column data for query rows `(h, i)` of batch `b`.
+    fn cols(&self, b: usize, rows: impl Iterator<Item = (usize, usize)>) -> Cols<T> {
+        let mut c = Cols {
+            pos: vec![],
+            slope: vec![],
+            boff: vec![],
+            lo: vec![],
+            hi: vec![],
+        };
+        for (h, i) in rows {
+            let p = self.pos(i);
             let (lo, hi) = self.visible(p, p);
-            let lo = lo.saturating_sub(j0).min(BK);
-            let hi = hi.saturating_sub(j0).clamp(lo, BK);
-            s[..lo].fill(T::NEG_INF);
-            s[hi..].fill(T::NEG_INF);
+            c.pos.push(T::from_f64(p as f64));
+            c.slope.push(self.alibi.as_ref().map_or(T::ZERO, |a| a[h]));
+            c.boff
+                .push(self.bias.as_ref().map_or(0, |(_, bv)| bv.row(b, h, i)));
+            c.lo.push(lo);
+            c.hi.push(hi);
         }
-        s[nv..BK.min(nv + 1)].fill(T::NEG_INF);
+        c
     }
-}
 
-/// Read-only inputs shared by the forward tasks.
-struct FwdShared<'a, S: Io> {
-    geo: Geom,
-    sc: Scores<'a, S::T>,
-    scale: S::T,
-    q: &'a [S],
-    qv: View4,
-    /// K transposed per block: `[B·Hkv][nkb][D][BK]`, zero-padded.
-    kt: &'a [S::T],
-    /// V rows (`v.1` locates row 0 of each (batch, kv head), `v.2` is the row stride).
-    v: (&'a [S::T], View4, usize),
-}
-
-/// One forward task: queries `i0..i0+nq` of every head of kv head `hk`, keys in key blocks
-/// `kb0..kb1`. Returns the un-normalised output rows, row maxima and row sums.
-struct FwdTask<'s, 'a, S: Io> {
-    sh: &'s FwdShared<'a, S>,
-    b: usize,
-    hk: usize,
-    i0: usize,
-    nq: usize,
-    kb0: usize,
-    kb1: usize,
-}
-
-/// Partial softmax state of a block of query rows.
-struct Partial<T> {
-    o: Vec<T>,
-    m: Vec<T>,
-    l: Vec<T>,
-}
-
-impl<S: Io> Kernel for FwdTask<'_, '_, S> {
-    type Out = Partial<S::T>;
-
+    /// Add ALiBi and bias to a transposed block of raw scores (`st[j·ld + r]` for key
+    /// `j0 + j`, `j < nv`, and query column `r`), then set masked entries to −inf.
     #[inline(always)]
-    fn run<M: Madd>(self) -> Partial<S::T> {
-        let sh = self.sh;
-        let Geom { d, dv, g, .. } = sh.geo;
-        let (b, nq, i0) = (self.b, self.nq, self.i0);
-        let rows = g * nq;
-        // Query rows of the group, scaled: row hh·nq + r is head hk·g + hh, position i0 + r.
-        let mut qs = vec![S::T::ZERO; rows * d];
-        for hh in 0..g {
-            for r in 0..nq {
-                let base = sh.qv.row(b, self.hk * g + hh, i0 + r);
-                let dst = &mut qs[(hh * nq + r) * d..][..d];
-                for (c, x) in dst.iter_mut().enumerate() {
-                    *x = sh.q[base + c * sh.qv.st[3]].load() * sh.scale;
+    fn finish(&self, c: &Cols<T>, st: &mut [T], ld: usize, j0: usize, nv: usize, masked: bool) {
+        let n = c.pos.len();
+        for (j, row) in st.chunks_exact_mut(ld).take(nv).enumerate() {
+            let row = &mut row[..n];
+            let jj = j0 + j;
+            if self.alibi.is_some() {
+                let jf = T::from_f64(jj as f64);
+                for ((x, &s), &p) in row.iter_mut().zip(&c.slope).zip(&c.pos) {
+                    *x += s * (jf - p);
+                }
+            }
+            if let Some((bd, bv)) = &self.bias {
+                let o = jj * bv.st[3];
+                for (x, &bo) in row.iter_mut().zip(&c.boff) {
+                    *x += bd[bo + o];
+                }
+            }
+            if masked {
+                for ((x, &lo), &hi) in row.iter_mut().zip(&c.lo).zip(&c.hi) {
+                    if jj < lo || jj >= hi {
+                        *x = T::NEG_INF;
+                    }
                 }
             }
         }
-        let mut s = vec![S::T::ZERO; rows * BK];
-        let mut o = vec![S::T::ZERO; rows * dv];
-        let mut mx = vec![S::T::NEG_INF; rows];
-        let mut l = vec![S::T::ZERO; rows];
-        let bh = b * sh.geo.hkv + self.hk;
-        let (vd, vv, ldv) = sh.v;
-        let vbase = vv.row(b, self.hk, 0);
-        for kb in self.kb0..self.kb1 {
-            let j0 = kb * BK;
-            let nv = BK.min(sh.geo.lk - j0);
-            let ktb = &sh.kt[(bh * sh.geo.nkb + kb) * d * BK..][..d * BK];
-            gemm::<S::T, M>(
-                rows,
-                BK,
-                d,
-                Mat { data: &qs, ld: d },
-                Mat { data: ktb, ld: BK },
-                &mut s,
-                BK,
-                false,
-            );
-            let masked = !sh.sc.all_visible(i0, nq, j0, j0 + nv);
-            for (row, sr) in s.chunks_exact_mut(BK).enumerate() {
-                let (hh, r) = (row / nq, row % nq);
-                sh.sc
-                    .finish_row(sr, b, self.hk * g + hh, i0 + r, j0, nv, masked);
-                let m_new = mx[row].max(math::max_of(sr));
-                if m_new == S::T::NEG_INF {
-                    // Nothing visible yet: contribute nothing (exp(−inf − −inf) would be NaN).
-                    sr.fill(S::T::ZERO);
-                    continue;
-                }
-                let alpha = (mx[row] - m_new).exp();
-                let sum = math::exp_shift_sum_inplace(sr, m_new);
-                l[row] = l[row] * alpha + sum;
-                mx[row] = m_new;
-                if alpha != S::T::ONE {
-                    math::scale(&mut o[row * dv..][..dv], alpha);
-                }
-            }
-            gemm::<S::T, M>(
-                rows,
-                dv,
-                nv,
-                Mat { data: &s, ld: BK },
-                Mat {
-                    data: &vd[vbase + j0 * ldv..],
-                    ld: ldv,
-                },
-                &mut o,
-                dv,
-                true,
-            );
-        }
-        Partial { o, m: mx, l }
     }
 }
 
-/// How many key splits per query block so that there are enough tasks for the threads.
-fn key_splits(tasks: usize, blocks: usize) -> usize {
-    if tasks == 0 || tasks >= TARGET_TASKS || blocks < 2 * MIN_SPLIT_BLOCKS {
-        return 1;
+/// Elements of `data` as the compute type: borrowed when they already are, else converted
+/// (only the span `[off, end)` a view reaches; offsets into it shift by `off`).
+fn as_compute<S: Io>(data: &[S], off: usize, end: usize) -> (Cow<'_, [S::T]>, usize) {
+    match S::native(data) {
+        Some(d) => (Cow::Borrowed(d), off),
+        None => (
+            Cow::Owned(data[off..end.max(off)].iter().map(|x| x.load()).collect()),
+            0,
+        ),
     }
-    TARGET_TASKS
-        .div_ceil(tasks)
-        .min(blocks / MIN_SPLIT_BLOCKS)
-        .max(1)
 }
 
-/// `v` cut into `n` equal consecutive parts (empty parts when `v` is empty).
-fn split_n<T>(v: &mut [T], n: usize) -> Vec<&mut [T]> {
-    if n == 0 {
-        return Vec::new();
-    }
-    let size = v.len() / n;
-    if size == 0 {
-        return (0..n).map(|_| <&mut [T]>::default()).collect();
-    }
-    v.chunks_mut(size).collect()
-}
-
-/// Pack K transposed per block (`[B·Hkv][nkb][D][BK]`, zero-padded).
-fn pack_kt<S: Io>(k: &[S], kv: View4, geo: Geom) -> Vec<S::T> {
-    let (d, lk) = (geo.d, geo.lk);
-    let mut kt = vec![S::T::ZERO; geo.b * geo.hkv * geo.nkb * d * BK];
-    if kt.is_empty() {
-        return kt;
-    }
-    kt.par_chunks_mut(d * BK).enumerate().for_each(|(idx, blk)| {
-        let kb = idx % geo.nkb;
-        let bh = idx / geo.nkb;
-        let (b, hk) = (bh / geo.hkv, bh % geo.hkv);
-        let j0 = kb * BK;
-        for j in 0..BK.min(lk - j0) {
-            let base = kv.row(b, hk, j0 + j);
-            for c in 0..d {
-                blk[c * BK + j] = k[base + c * kv.st[3]].load();
-            }
-        }
-    });
-    kt
-}
-
-/// Contiguous compute-type copy of a `[B, H, L, D]` view (rows of `D`).
-fn pack_rows<S: Io>(x: &[S], xv: View4, dims: [usize; 4]) -> Vec<S::T> {
-    let [_, h, l, d] = dims;
-    let mut out = vec![S::T::ZERO; dims.iter().product()];
-    if d == 0 || out.is_empty() {
-        return out;
-    }
-    out.par_chunks_mut(l * d).enumerate().for_each(|(bh, o)| {
-        let (b, hh) = (bh / h, bh % h);
-        for (i, row) in o.chunks_exact_mut(d).enumerate() {
-            let base = xv.row(b, hh, i);
-            for (c, y) in row.iter_mut().enumerate() {
-                *y = x[base + c * xv.st[3]].load();
-            }
-        }
-    });
-    out
-}
-
-fn scores_of<'a, S: Io>(
+/// The bias as the compute type with its rank-4 view.
+fn bias_of<'a, S: Io + WithDType>(
     p: &AttentionParams,
-    geo: Geom,
-    alibi: Option<Vec<S::T>>,
-    bias: Option<(&'a [S::T], View4)>,
-) -> Scores<'a, S::T> {
-    Scores {
-        lq: geo.lq,
-        lk: geo.lk,
-        causal: p.causal,
-        window: p.window.map(|w| w.min(i64::MAX as usize) as i64),
-        alibi,
-        bias,
-        ramp: std::array::from_fn(|j| S::T::from_f64(j as f64)),
+    g: Option<&'a dyn tensor_core::BackendStorage>,
+) -> Result<Option<(Cow<'a, [S::T]>, View4)>> {
+    match (&p.bias, g) {
+        (Some(b), Some(g)) => {
+            let data = elems::<S>(g, b, "attention")?;
+            let mut bv = View4::of(b);
+            let (c, off) = as_compute(data, bv.off, b.layout().required_len());
+            bv.off = off;
+            Ok(Some((c, bv)))
+        }
+        _ => Ok(None),
     }
 }
 
@@ -390,6 +259,230 @@ fn alibi_of<S: Io + WithDType>(p: &AttentionParams) -> Result<Option<Vec<S::T>>>
         .transpose()
 }
 
+fn scores_of<'a, T: Float>(
+    p: &AttentionParams,
+    geo: Geom,
+    alibi: Option<Vec<T>>,
+    bias: Option<(&'a [T], View4)>,
+) -> Scores<'a, T> {
+    Scores {
+        lq: geo.lq,
+        lk: geo.lk,
+        causal: p.causal,
+        window: p.window.map(|w| w.min(i64::MAX as usize) as i64),
+        alibi,
+        bias,
+    }
+}
+
+/// Contiguous compute-type copy of a `[B, H, L, D]` view.
+fn pack_rows<S: Io>(x: &[S], xv: View4, dims: [usize; 4]) -> Vec<S::T> {
+    let [_, h, l, d] = dims;
+    let mut out = vec![S::T::ZERO; dims.iter().product()];
+    if out.is_empty() {
+        return out;
+    }
+    out.par_chunks_mut(l * d).enumerate().for_each(|(bh, o)| {
+        let (b, hh) = (bh / h, bh % h);
+        for (i, row) in o.chunks_exact_mut(d).enumerate() {
+            let base = xv.row(b, hh, i);
+            for (c, y) in row.iter_mut().enumerate() {
+                *y = x[base + c * xv.st[3]].load();
+            }
+        }
+    });
+    out
+}
+
+/// Compute-type copy of a `[B, H, L, D]` view transposed per (batch, head): `[B·H][D][L]`,
+/// multiplied by `scale`.
+fn pack_transposed<S: Io>(x: &[S], xv: View4, dims: [usize; 4], scale: S::T) -> Vec<S::T> {
+    let [_, h, l, d] = dims;
+    let mut out = vec![S::T::ZERO; dims.iter().product()];
+    if out.is_empty() {
+        return out;
+    }
+    out.par_chunks_mut(l * d).enumerate().for_each(|(bh, o)| {
+        let (b, hh) = (bh / h, bh % h);
+        for i in 0..l {
+            let base = xv.row(b, hh, i);
+            for c in 0..d {
+                o[c * l + i] = x[base + c * xv.st[3]].load() * scale;
+            }
+        }
+    });
+    out
+}
+
+/// A view usable in place as rows of the compute type (`S` native, inner stride 1), or a
+/// packed contiguous copy.
+fn rows_of<'a, S: Io>(x: &'a [S], xv: View4, dims: [usize; 4], need_unit: bool) -> (Cow<'a, [S::T]>, View4) {
+    match S::native(x) {
+        Some(n) if !need_unit || xv.st[3] == 1 || dims[3] <= 1 => (Cow::Borrowed(n), xv),
+        _ => (
+            Cow::Owned(pack_rows(x, xv, dims)),
+            View4::contiguous(dims[1], dims[2], dims[3]),
+        ),
+    }
+}
+
+/// `v` cut into `n` equal consecutive parts (empty parts when `v` is empty).
+fn split_n<T>(v: &mut [T], n: usize) -> Vec<&mut [T]> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let size = v.len() / n;
+    if size == 0 {
+        return (0..n).map(|_| <&mut [T]>::default()).collect();
+    }
+    v.chunks_mut(size).collect()
+}
+
+/// How many parts to split each task's key range into so that there are enough tasks.
+fn key_splits(tasks: usize, blocks: usize) -> usize {
+    if tasks == 0 || tasks >= TARGET_TASKS || blocks < 2 * MIN_SPLIT_BLOCKS {
+        return 1;
+    }
+    TARGET_TASKS
+        .div_ceil(tasks)
+        .min(blocks / MIN_SPLIT_BLOCKS)
+        .max(1)
+}
+
+// ---- forward ------------------------------------------------------------------------------
+
+/// Read-only inputs shared by the forward tasks.
+struct FwdShared<'a, S: Io> {
+    geo: Geom,
+    sc: Scores<'a, S::T>,
+    scale: S::T,
+    q: &'a [S],
+    qv: View4,
+    k: (&'a [S::T], View4),
+    /// Inner stride 1.
+    v: (&'a [S::T], View4),
+}
+
+/// One forward task: queries `i0..i0+nq` of every head of kv head `hk`, keys in key blocks
+/// `kb0..kb1`. Returns the un-normalised output rows, row maxima and row sums.
+struct FwdTask<'s, 'a, S: Io> {
+    sh: &'s FwdShared<'a, S>,
+    b: usize,
+    hk: usize,
+    i0: usize,
+    nq: usize,
+    kb0: usize,
+    kb1: usize,
+}
+
+/// Partial softmax state of a block of query rows (row `hh · nq + r` is head `hk·g + hh`,
+/// position `i0 + r`).
+struct Partial<T> {
+    o: Vec<T>,
+    m: Vec<T>,
+    l: Vec<T>,
+}
+
+impl<S: Io> Kernel for FwdTask<'_, '_, S> {
+    type Out = Partial<S::T>;
+
+    #[inline(always)]
+    fn run<M: Simd>(self, simd: M) -> Partial<S::T> {
+        let sh = self.sh;
+        let Geom { d, dv, g, .. } = sh.geo;
+        let (b, nq, i0, hk) = (self.b, self.nq, self.i0, self.hk);
+        let n = g * nq;
+        // Scaled queries, transposed: qt[c·n + row].
+        let mut qt = vec![S::T::ZERO; d * n];
+        for row in 0..n {
+            let base = sh.qv.row(b, hk * g + row / nq, i0 + row % nq);
+            for c in 0..d {
+                qt[c * n + row] = sh.q[base + c * sh.qv.st[3]].load() * sh.scale;
+            }
+        }
+        let cols = sh
+            .sc
+            .cols(b, (0..n).map(|row| (hk * g + row / nq, i0 + row % nq)));
+        let mut st = vec![S::T::ZERO; BK * n];
+        let mut o = vec![S::T::ZERO; n * dv];
+        let mut mx = vec![S::T::NEG_INF; n];
+        let mut l = vec![S::T::ZERO; n];
+        let mut shift = vec![S::T::ZERO; n];
+        let mut alpha = vec![S::T::ZERO; n];
+        let (kd, kv) = sh.k;
+        let (vd, vv) = sh.v;
+        for kb in self.kb0..self.kb1 {
+            let j0 = kb * BK;
+            let nv = BK.min(sh.geo.lk - j0);
+            let st = &mut st[..nv * n];
+            gemm::<S::T, M>(
+                simd,
+                nv,
+                n,
+                d,
+                AMat {
+                    data: &kd[kv.row(b, hk, j0)..],
+                    rs: kv.st[2],
+                    cs: kv.st[3],
+                },
+                Mat { data: &qt, ld: n },
+                st,
+                n,
+                false,
+            );
+            let masked = !sh.sc.all_visible(i0, nq, j0, j0 + nv);
+            sh.sc.finish(&cols, st, n, j0, nv, masked);
+            // Online softmax, down the columns.
+            shift.fill(S::T::NEG_INF);
+            for row in st.chunks_exact(n) {
+                for (m, &x) in shift.iter_mut().zip(row) {
+                    *m = m.max(x);
+                }
+            }
+            for (((m, sf), a), li) in mx.iter_mut().zip(&mut shift).zip(&mut alpha).zip(&mut l) {
+                let m_new = m.max(*sf);
+                // Nothing visible yet: shift by 0 so that exp(−inf − shift) is 0, not NaN.
+                *sf = if m_new == S::T::NEG_INF { S::T::ZERO } else { m_new };
+                *a = (*m - *sf).exp::<M>();
+                *m = m_new;
+                *li = *li * *a;
+            }
+            for row in st.chunks_exact_mut(n) {
+                for ((x, &sf), li) in row.iter_mut().zip(&shift).zip(&mut l) {
+                    let e = (*x - sf).exp::<M>();
+                    *x = e;
+                    *li += e;
+                }
+            }
+            for (orow, &a) in o.chunks_exact_mut(dv.max(1)).zip(&alpha) {
+                if a != S::T::ONE {
+                    math::scale(orow, a);
+                }
+            }
+            // O += P · V with P(r, j) = st[j·n + r].
+            gemm::<S::T, M>(
+                simd,
+                n,
+                dv,
+                nv,
+                AMat {
+                    data: st,
+                    rs: 1,
+                    cs: n,
+                },
+                Mat {
+                    data: &vd[vv.row(b, hk, j0)..],
+                    ld: vv.st[2],
+                },
+                &mut o,
+                dv,
+                true,
+            );
+        }
+        Partial { o, m: mx, l }
+    }
+}
+
 fn attention_typed<S: Io + WithDType>(
     q: &Tensor,
     k: &Tensor,
@@ -397,87 +490,74 @@ fn attention_typed<S: Io + WithDType>(
     p: &AttentionParams,
 ) -> Result<(Tensor, Tensor)> {
     let geo = Geom::new(q, k, v);
+    let Geom {
+        b,
+        hq,
+        hkv,
+        g,
+        lq,
+        lk,
+        d,
+        dv,
+        ..
+    } = geo;
     let (gq, gk, gv) = (q.storage(), k.storage(), v.storage());
+    let gb = p.bias.as_ref().map(|t| t.storage());
     let qd = elems::<S>(&**gq, q, "attention")?;
-    let kd = elems::<S>(&**gk, k, "attention")?;
-    let vd = elems::<S>(&**gv, v, "attention")?;
-    let gb = p.bias.as_ref().map(|b| b.storage());
-    let bias = match (&p.bias, &gb) {
-        (Some(b), Some(g)) => {
-            let data = elems::<S>(&***g, b, "attention")?;
-            let mut bv = View4::of(b);
-            let (c, off) = as_compute(data, bv.off, b.layout().required_len());
-            bv.off = off;
-            Some((c, bv))
-        }
-        _ => None,
-    };
-    let alibi = alibi_of::<S>(p)?;
-    let kt = pack_kt(kd, View4::of(k), geo);
-    let vview = View4::of(v);
-    let vpacked;
-    let vsrc = match S::native(vd) {
-        Some(vn) if vview.st[3] == 1 => (vn, vview, vview.st[2]),
-        _ => {
-            vpacked = pack_rows(vd, vview, [geo.b, geo.hkv, geo.lk, geo.dv]);
-            let cv = View4 {
-                off: 0,
-                st: [geo.hkv * geo.lk * geo.dv, geo.lk * geo.dv, geo.dv, 1],
-            };
-            (&vpacked[..], cv, geo.dv)
-        }
-    };
+    let (kc, kv) = rows_of(elems::<S>(&**gk, k, "attention")?, View4::of(k), [b, hkv, lk, d], false);
+    let (vc, vv) = rows_of(elems::<S>(&**gv, v, "attention")?, View4::of(v), [b, hkv, lk, dv], true);
+    let bias = bias_of::<S>(p, gb.as_ref().map(|g| &***g))?;
     let sh = FwdShared::<S> {
         geo,
-        sc: scores_of::<S>(p, geo, alibi, bias.as_ref().map(|(c, v)| (&c[..], *v))),
+        sc: scores_of(p, geo, alibi_of::<S>(p)?, bias.as_ref().map(|(c, v)| (&c[..], *v))),
         scale: S::T::from_f64(p.scale),
         q: qd,
         qv: View4::of(q),
-        kt: &kt,
-        v: vsrc,
+        k: (&kc, kv),
+        v: (&vc, vv),
     };
 
     // Tasks: (batch, kv head, query block of nq positions × g heads, key split).
-    let nq = (BQ / geo.g).max(1);
-    let nqb = geo.lq.div_ceil(nq);
-    let blocks: Vec<(usize, usize, usize, usize)> = (0..geo.b * geo.hkv * nqb)
+    let nq = (BQ / g).max(1);
+    let nqb = lq.div_ceil(nq);
+    let blocks: Vec<(usize, usize, usize)> = (0..b * hkv * nqb)
         .map(|t| {
-            let (bh, qb) = (t / nqb, t % nqb);
-            let i0 = qb * nq;
-            let (lo, hi) = sh.sc.key_range(i0, nq.min(geo.lq - i0));
-            let (kb0, kb1) = if lo < hi { (lo / BK, hi.div_ceil(BK)) } else { (0, 0) };
-            (bh, qb, kb0, kb1)
+            let i0 = (t % nqb) * nq;
+            let (lo, hi) = sh.sc.key_range(i0, nq.min(lq - i0));
+            if lo < hi {
+                (t, lo / BK, hi.div_ceil(BK))
+            } else {
+                (t, 0, 0)
+            }
         })
         .collect();
-    let max_blocks = blocks.iter().map(|t| t.3 - t.2).max().unwrap_or(0);
+    let max_blocks = blocks.iter().map(|t| t.2 - t.1).max().unwrap_or(0);
     let splits = key_splits(blocks.len(), max_blocks);
     let parts: Vec<Partial<S::T>> = (0..blocks.len() * splits)
         .into_par_iter()
         .map(|t| {
-            let (bh, qb, kb0, kb1) = blocks[t / splits];
-            let sp = t % splits;
-            let n = kb1 - kb0;
-            let i0 = qb * nq;
+            let (bq, kb0, kb1) = blocks[t / splits];
+            let (sp, nb) = (t % splits, kb1 - kb0);
+            let (bh, i0) = (bq / nqb, (bq % nqb) * nq);
             dispatch(FwdTask {
                 sh: &sh,
-                b: bh / geo.hkv,
-                hk: bh % geo.hkv,
+                b: bh / hkv,
+                hk: bh % hkv,
                 i0,
-                nq: nq.min(geo.lq - i0),
-                kb0: kb0 + n * sp / splits,
-                kb1: kb0 + n * (sp + 1) / splits,
+                nq: nq.min(lq - i0),
+                kb0: kb0 + nb * sp / splits,
+                kb1: kb0 + nb * (sp + 1) / splits,
             })
         })
         .collect();
 
-    // Merge the key splits, normalise, and scatter rows to [B, Hq, Lq, ·].
-    let (dv, lq, g) = (geo.dv, geo.lq, geo.g);
-    let mut out = vec![S::default(); geo.b * geo.hq * lq * dv];
-    let mut lse = vec![S::default(); geo.b * geo.hq * lq];
-    let nbh = geo.b * geo.hkv;
-    split_n(&mut out, nbh)
+    // Merge the key splits, normalise, and scatter rows to [B, Hq, Lq, ·]; the rows of
+    // (batch, kv head) `bh` are one contiguous chunk.
+    let mut out = vec![S::default(); b * hq * lq * dv];
+    let mut lse = vec![S::default(); b * hq * lq];
+    split_n(&mut out, b * hkv)
         .into_par_iter()
-        .zip(split_n(&mut lse, nbh))
+        .zip(split_n(&mut lse, b * hkv))
         .enumerate()
         .for_each(|(bh, (out, lse))| {
             let mut acc = vec![S::T::ZERO; dv];
@@ -498,11 +578,8 @@ fn attention_typed<S: Io + WithDType>(
                         }
                         acc.fill(S::T::ZERO);
                         let mut l = S::T::ZERO;
-                        for p in ps {
-                            if p.m[row] == S::T::NEG_INF {
-                                continue;
-                            }
-                            let w = (p.m[row] - m).exp();
+                        for p in ps.iter().filter(|p| p.m[row] != S::T::NEG_INF) {
+                            let w = (p.m[row] - m).exp::<math::Baseline>();
                             l += p.l[row] * w;
                             for (a, &x) in acc.iter_mut().zip(&p.o[row * dv..][..dv]) {
                                 *a += x * w;
@@ -517,10 +594,9 @@ fn attention_typed<S: Io + WithDType>(
                 }
             }
         });
-    let dims = [geo.b, geo.hq, geo.lq, geo.dv];
     Ok((
-        tensor_of(out, dims.to_vec(), q)?,
-        tensor_of(lse, vec![geo.b, geo.hq, geo.lq], q)?,
+        tensor_of(out, vec![b, hq, lq, dv], q)?,
+        tensor_of(lse, vec![b, hq, lq], q)?,
     ))
 }
 
@@ -561,6 +637,7 @@ fn shapes_ok(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> bool {
         && k.dims()[2] == v.dims()[2]
         && k.dims()[3] == q.dims()[3]
         && p.window != Some(0)
+        && (!p.causal || q.dims()[2] <= k.dims()[2])
         && p
             .alibi_slopes
             .as_ref()
@@ -580,16 +657,17 @@ fn shapes_ok(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> bool {
 
 // ---- backward -----------------------------------------------------------------------------
 
-/// Read-only inputs of the backward tasks, in the compute type.
+/// Read-only inputs of the backward tasks, in the compute type, contiguous.
 struct BwdShared<'a, T> {
     geo: Geom,
     sc: Scores<'a, T>,
-    scale: T,
-    /// Scaled queries `[B, Hq, Lq, D]`.
+    /// Scaled queries `[B, Hq, Lq, D]` and transposed `[B·Hq][D][Lq]`.
     qs: Vec<T>,
-    /// Output gradient `[B, Hq, Lq, Dv]`.
+    qt: Vec<T>,
+    /// Output gradient `[B, Hq, Lq, Dv]` and transposed `[B·Hq][Dv][Lq]`.
     go: Vec<T>,
-    /// `rowsum(dO ∘ O)` `[B, Hq, Lq]`.
+    got: Vec<T>,
+    /// `rowsum(dO ∘ O)`, `[B, Hq, Lq]`.
     dsum: Vec<T>,
     /// Log-sum-exp with non-finite values replaced by 0 (as the composite's `probs`).
     lse: Vec<T>,
@@ -597,21 +675,28 @@ struct BwdShared<'a, T> {
     v: Vec<T>,
 }
 
-/// Gradients for one (batch, kv head): `dq` of its `g` query heads, `dk`, `dv`.
+/// Gradients from key blocks `kb0..kb1` of one (batch, kv head).
 struct BwdTask<'s, 'a, T> {
     sh: &'s BwdShared<'a, T>,
     b: usize,
     hk: usize,
-    dq: &'s mut [T],
-    dk: &'s mut [T],
-    dv: &'s mut [T],
+    kb0: usize,
+    kb1: usize,
+}
+
+/// What a backward task returns: dK and dV rows of its key range, and its share of dQ for
+/// the `g` query heads (`[g][Lq][D]`, not yet scaled).
+struct BwdPart<T> {
+    dk: Vec<T>,
+    dv: Vec<T>,
+    dq: Vec<T>,
 }
 
 impl<T: Float> Kernel for BwdTask<'_, '_, T> {
-    type Out = ();
+    type Out = BwdPart<T>;
 
     #[inline(always)]
-    fn run<M: Madd>(self) {
+    fn run<M: Simd>(self, simd: M) -> BwdPart<T> {
         let sh = self.sh;
         let Geom {
             d,
@@ -627,65 +712,104 @@ impl<T: Float> Kernel for BwdTask<'_, '_, T> {
         let bkv = b * hkv + self.hk;
         let kh = &sh.k[bkv * lk * d..][..lk * d];
         let vh = &sh.v[bkv * lk * dv..][..lk * dv];
-        let mut kt = vec![T::ZERO; d * BK];
-        let mut vt = vec![T::ZERO; dv * BK];
-        let mut dkb = vec![T::ZERO; BK * d];
-        let mut dvb = vec![T::ZERO; BK * dv];
-        let mut s = vec![T::ZERO; BQ * BK];
-        let mut dp = vec![T::ZERO; BQ * BK];
-        let mut tr = vec![T::ZERO; BK * BQ];
-        for kb in 0..sh.geo.nkb {
+        let j_lo = self.kb0 * BK;
+        let j_hi = (self.kb1 * BK).min(lk);
+        let mut out = BwdPart {
+            dk: vec![T::ZERO; (j_hi - j_lo) * d],
+            dv: vec![T::ZERO; (j_hi - j_lo) * dv],
+            dq: vec![T::ZERO; g * lq * d],
+        };
+        let mut st = vec![T::ZERO; BK * BQ];
+        let mut dp = vec![T::ZERO; BK * BQ];
+        for kb in self.kb0..self.kb1 {
             let j0 = kb * BK;
             let nv = BK.min(lk - j0);
-            transpose(nv, d, &kh[j0 * d..], d, &mut kt, BK);
-            transpose(nv, dv, &vh[j0 * dv..], dv, &mut vt, BK);
-            dkb.fill(T::ZERO);
-            dvb.fill(T::ZERO);
+            let dkb = &mut out.dk[(j0 - j_lo) * d..][..nv * d];
+            let dvb = &mut out.dv[(j0 - j_lo) * dv..][..nv * dv];
+            let kblk = &kh[j0 * d..];
             for hh in 0..g {
                 let h = self.hk * g + hh;
-                let row0 = (b * hq + h) * lq;
+                let bh = b * hq + h;
+                let row0 = bh * lq;
                 for i0 in (0..lq).step_by(BQ) {
                     let m = BQ.min(lq - i0);
                     let (lo, hi) = sh.sc.key_range(i0, m);
                     if lo >= j0 + nv || hi <= j0 {
                         continue;
                     }
+                    let cols = sh.sc.cols(b, (i0..i0 + m).map(|i| (h, i)));
                     let masked = !sh.sc.all_visible(i0, m, j0, j0 + nv);
-                    let qb = &sh.qs[(row0 + i0) * d..][..m * d];
-                    let gb = &sh.go[(row0 + i0) * dv..][..m * dv];
-                    // P = exp(S − lse)
-                    let s = &mut s[..m * BK];
-                    gemm::<T, M>(m, BK, d, Mat { data: qb, ld: d }, Mat { data: &kt, ld: BK }, s, BK, false);
-                    for (r, sr) in s.chunks_exact_mut(BK).enumerate() {
-                        sh.sc.finish_row(sr, b, h, i0 + r, j0, nv, masked);
-                        let shift = sh.lse[row0 + i0 + r];
-                        for x in sr.iter_mut() {
-                            *x = (*x - shift).exp();
+                    // Pᵀ = exp(Sᵀ − lse), Sᵀ = K · (Q·scale)ᵀ
+                    let st = &mut st[..nv * m];
+                    let ka = AMat {
+                        data: kblk,
+                        rs: d,
+                        cs: 1,
+                    };
+                    let qcols = Mat {
+                        data: &sh.qt[bh * d * lq + i0..],
+                        ld: lq,
+                    };
+                    gemm::<T, M>(simd, nv, m, d, ka, qcols, st, m, false);
+                    sh.sc.finish(&cols, st, m, j0, nv, masked);
+                    let lse = &sh.lse[row0 + i0..][..m];
+                    for row in st.chunks_exact_mut(m) {
+                        for (x, &s) in row.iter_mut().zip(lse) {
+                            *x = (*x - s).exp::<M>();
                         }
                     }
-                    // dV += Pᵀ dO
-                    transpose(m, nv, s, BK, &mut tr, m);
-                    gemm::<T, M>(nv, dv, m, Mat { data: &tr, ld: m }, Mat { data: gb, ld: dv }, &mut dvb, dv, true);
-                    // dP = dO Vᵀ, then dS = P ∘ (dP − D) in place of P
-                    let dp = &mut dp[..m * BK];
-                    gemm::<T, M>(m, BK, dv, Mat { data: gb, ld: dv }, Mat { data: &vt, ld: BK }, dp, BK, false);
-                    for (r, (sr, dr)) in s.chunks_exact_mut(BK).zip(dp.chunks_exact(BK)).enumerate() {
-                        let dd = sh.dsum[row0 + i0 + r];
-                        for (x, &y) in sr.iter_mut().zip(dr) {
-                            *x = *x * (y - dd);
+                    // dV += Pᵀ · dO
+                    let go = Mat {
+                        data: &sh.go[(row0 + i0) * dv..],
+                        ld: dv,
+                    };
+                    let pt = AMat {
+                        data: &*st,
+                        rs: m,
+                        cs: 1,
+                    };
+                    gemm::<T, M>(simd, nv, dv, m, pt, go, dvb, dv, true);
+                    // dPᵀ = V · dOᵀ, then dSᵀ = Pᵀ ∘ (dPᵀ − D) in place of Pᵀ
+                    let dp = &mut dp[..nv * m];
+                    let vb = AMat {
+                        data: &vh[j0 * dv..],
+                        rs: dv,
+                        cs: 1,
+                    };
+                    let got = Mat {
+                        data: &sh.got[bh * dv * lq + i0..],
+                        ld: lq,
+                    };
+                    gemm::<T, M>(simd, nv, m, dv, vb, got, dp, m, false);
+                    let dsum = &sh.dsum[row0 + i0..][..m];
+                    for (row, drow) in st.chunks_exact_mut(m).zip(dp.chunks_exact(m)) {
+                        for ((x, &y), &s) in row.iter_mut().zip(drow).zip(dsum) {
+                            *x = *x * (y - s);
                         }
                     }
-                    // dK += dSᵀ Q·scale, dQ += dS K (scaled at the end)
-                    transpose(m, nv, s, BK, &mut tr, m);
-                    gemm::<T, M>(nv, d, m, Mat { data: &tr, ld: m }, Mat { data: qb, ld: d }, &mut dkb, d, true);
-                    let dqb = &mut self.dq[(hh * lq + i0) * d..][..m * d];
-                    gemm::<T, M>(m, d, nv, Mat { data: s, ld: BK }, Mat { data: &kh[j0 * d..], ld: d }, dqb, d, true);
+                    // dK += dSᵀ · Q·scale; dQ += dS · K (dS(r, j) = st[j·m + r])
+                    let qs = Mat {
+                        data: &sh.qs[(row0 + i0) * d..],
+                        ld: d,
+                    };
+                    let dst = AMat {
+                        data: &*st,
+                        rs: m,
+                        cs: 1,
+                    };
+                    gemm::<T, M>(simd, nv, d, m, dst, qs, dkb, d, true);
+                    let ds = AMat {
+                        data: &*st,
+                        rs: 1,
+                        cs: m,
+                    };
+                    let kr = Mat { data: kblk, ld: d };
+                    let dq = &mut out.dq[(hh * lq + i0) * d..][..m * d];
+                    gemm::<T, M>(simd, m, d, nv, ds, kr, dq, d, true);
                 }
             }
-            self.dk[j0 * d..][..nv * d].copy_from_slice(&dkb[..nv * d]);
-            self.dv[j0 * dv..][..nv * dv].copy_from_slice(&dvb[..nv * dv]);
         }
-        math::scale(self.dq, sh.scale * sh.scale);
+        out
     }
 }
 
@@ -699,21 +823,35 @@ fn attention_backward_typed<S: Io + WithDType>(
     grad_out: &Tensor,
     p: &AttentionParams,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    let op = "attention_backward";
     let geo = Geom::new(q, k, v);
-    let Geom { b, hq, hkv, lq, lk, d, dv, .. } = geo;
+    let Geom {
+        b,
+        hq,
+        hkv,
+        lq,
+        lk,
+        d,
+        dv,
+        nkb,
+        ..
+    } = geo;
     let scale = S::T::from_f64(p.scale);
-    let (qs, go, dsum, lsev, kc, vc) = {
+    let gb = p.bias.as_ref().map(|t| t.storage());
+    let bias = bias_of::<S>(p, gb.as_ref().map(|g| &***g))?;
+    let sh = {
         let (gq, gk, gv) = (q.storage(), k.storage(), v.storage());
         let (go_, gl, gg) = (out.storage(), lse.storage(), grad_out.storage());
-        let op = "attention_backward";
-        let mut qs = pack_rows(elems::<S>(&**gq, q, op)?, View4::of(q), [b, hq, lq, d]);
+        let (qd, gd) = (elems::<S>(&**gq, q, op)?, elems::<S>(&**gg, grad_out, op)?);
+        let (qv, gv_) = (View4::of(q), View4::of(grad_out));
+        let mut qs = pack_rows(qd, qv, [b, hq, lq, d]);
         math::scale(&mut qs, scale);
-        let gov = pack_rows(elems::<S>(&**gg, grad_out, op)?, View4::of(grad_out), [b, hq, lq, dv]);
+        let go = pack_rows(gd, gv_, [b, hq, lq, dv]);
         let o = pack_rows(elems::<S>(&**go_, out, op)?, View4::of(out), [b, hq, lq, dv]);
         let dsum: Vec<S::T> = if dv == 0 {
             vec![S::T::ZERO; b * hq * lq]
         } else {
-            gov.chunks_exact(dv)
+            go.chunks_exact(dv)
                 .zip(o.chunks_exact(dv))
                 .map(|(x, y)| x.iter().zip(y).fold(S::T::ZERO, |a, (&x, &y)| a + x * y))
                 .collect()
@@ -722,57 +860,61 @@ fn attention_backward_typed<S: Io + WithDType>(
             .into_iter()
             .map(|x| if (x - x) == S::T::ZERO { x } else { S::T::ZERO })
             .collect();
-        let kc = pack_rows(elems::<S>(&**gk, k, op)?, View4::of(k), [b, hkv, lk, d]);
-        let vc = pack_rows(elems::<S>(&**gv, v, op)?, View4::of(v), [b, hkv, lk, dv]);
-        (qs, gov, dsum, lsev, kc, vc)
-    };
-    let gb = p.bias.as_ref().map(|b| b.storage());
-    let bias = match (&p.bias, &gb) {
-        (Some(bt), Some(g)) => {
-            let data = elems::<S>(&***g, bt, "attention_backward")?;
-            let mut bv = View4::of(bt);
-            let (c, off) = as_compute(data, bv.off, bt.layout().required_len());
-            bv.off = off;
-            Some((c, bv))
+        BwdShared {
+            geo,
+            sc: scores_of(p, geo, alibi_of::<S>(p)?, bias.as_ref().map(|(c, v)| (&c[..], *v))),
+            qt: pack_transposed(qd, qv, [b, hq, lq, d], scale),
+            qs,
+            got: pack_transposed(gd, gv_, [b, hq, lq, dv], S::T::ONE),
+            go,
+            dsum,
+            lse: lsev,
+            k: pack_rows(elems::<S>(&**gk, k, op)?, View4::of(k), [b, hkv, lk, d]),
+            v: pack_rows(elems::<S>(&**gv, v, op)?, View4::of(v), [b, hkv, lk, dv]),
         }
-        _ => None,
     };
-    let alibi = alibi_of::<S>(p)?;
-    let sh = BwdShared {
-        geo,
-        sc: scores_of::<S>(p, geo, alibi, bias.as_ref().map(|(c, v)| (&c[..], *v))),
-        scale,
-        qs,
-        go,
-        dsum,
-        lse: lsev,
-        k: kc,
-        v: vc,
-    };
-    let mut dq = vec![S::T::ZERO; b * hq * lq * d];
-    let mut dk = vec![S::T::ZERO; b * hkv * lk * d];
-    let mut dvv = vec![S::T::ZERO; b * hkv * lk * dv];
-    let nbh = b * hkv;
-    split_n(&mut dq, nbh)
+    // Tasks: (batch, kv head, key split).
+    let splits = key_splits(b * hkv, nkb);
+    let parts: Vec<BwdPart<S::T>> = (0..b * hkv * splits)
         .into_par_iter()
-        .zip(split_n(&mut dk, nbh))
-        .zip(split_n(&mut dvv, nbh))
-        .enumerate()
-        .for_each(|(bkv, ((dq, dk), dv_))| {
+        .map(|t| {
+            let (bh, sp) = (t / splits, t % splits);
             dispatch(BwdTask {
                 sh: &sh,
-                b: bkv / hkv,
-                hk: bkv % hkv,
-                dq,
-                dk,
-                dv: dv_,
+                b: bh / hkv,
+                hk: bh % hkv,
+                kb0: nkb * sp / splits,
+                kb1: nkb * (sp + 1) / splits,
             })
+        })
+        .collect();
+    let mut dq = vec![S::default(); b * hq * lq * d];
+    let mut dk = vec![S::default(); b * hkv * lk * d];
+    let mut dvv = vec![S::default(); b * hkv * lk * dv];
+    split_n(&mut dq, b * hkv)
+        .into_par_iter()
+        .zip(split_n(&mut dk, b * hkv))
+        .zip(split_n(&mut dvv, b * hkv))
+        .enumerate()
+        .for_each(|(bh, ((dq, dk), dv_))| {
+            let ps = &parts[bh * splits..][..splits];
+            for (i, o) in dq.iter_mut().enumerate() {
+                let s = ps.iter().fold(S::T::ZERO, |a, p| a + p.dq[i]);
+                *o = S::store(s * scale);
+            }
+            let dks = ps.iter().flat_map(|p| p.dk.iter());
+            for (o, &x) in dk.iter_mut().zip(dks) {
+                *o = S::store(x);
+            }
+            let dvs = ps.iter().flat_map(|p| p.dv.iter());
+            for (o, &x) in dv_.iter_mut().zip(dvs) {
+                *o = S::store(x);
+            }
         });
-    let conv = |v: Vec<S::T>| -> Vec<S> { v.into_iter().map(S::store).collect() };
     Ok((
-        tensor_of(conv(dq), vec![b, hq, lq, d], q)?,
-        tensor_of(conv(dk), vec![b, hkv, lk, d], q)?,
-        tensor_of(conv(dvv), vec![b, hkv, lk, dv], q)?,
+        tensor_of(dq, vec![b, hq, lq, d], q)?,
+        tensor_of(dk, vec![b, hkv, lk, d], q)?,
+        tensor_of(dvv, vec![b, hkv, lk, dv], q)?,
     ))
 }
 

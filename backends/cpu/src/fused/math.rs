@@ -32,11 +32,24 @@ pub(crate) trait Float:
     fn from_f64(v: f64) -> Self;
     fn sqrt(self) -> Self;
     fn ln(self) -> Self;
-    /// `exp` as branch-free arithmetic (see [`exp_f32`], [`exp_f64`]), so loops over it vectorise.
-    fn exp(self) -> Self;
+    /// `exp` as branch-free arithmetic (see [`exp_f32`], [`exp_f64`]), so loops over it
+    /// vectorise; `M` picks fused or plain multiply-adds for the polynomial.
+    fn exp<M: Simd>(self) -> Self;
     /// The fused multiply-add `self · b + c` (one rounding). Only call it where FMA is
-    /// enabled: without it this is a libm call. Kernels reach it through [`Madd`].
+    /// enabled: without it this is a libm call. Kernels reach it through [`Simd::madd`].
     fn fma(self, b: Self, c: Self) -> Self;
+    /// An AVX-512 register tile of this type ([`super::tile::x86`]).
+    ///
+    /// # Safety
+    /// The CPU must support avx512f, avx2 and fma.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_avx512<const R: usize, const W: usize>(t: TileArgs<'_, Self>);
+    /// An AVX2 register tile of this type.
+    ///
+    /// # Safety
+    /// The CPU must support avx2 and fma.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tile_avx2<const R: usize, const W: usize>(t: TileArgs<'_, Self>);
     /// Larger of the two; a NaN in `b` propagates (unlike `f32::max`), and it compiles to a
     /// single vector max instruction.
     #[inline(always)]
@@ -66,8 +79,20 @@ impl Float for f32 {
         f32::ln(self)
     }
     #[inline(always)]
-    fn exp(self) -> Self {
-        exp_f32(self)
+    fn exp<M: Simd>(self) -> Self {
+        exp_f32::<M>(self)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn tile_avx512<const R: usize, const W: usize>(t: TileArgs<'_, Self>) {
+        // SAFETY: same contract as this method's.
+        unsafe { super::tile::x86::avx512_f32::<R, W>(t) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn tile_avx2<const R: usize, const W: usize>(t: TileArgs<'_, Self>) {
+        // SAFETY: same contract as this method's.
+        unsafe { super::tile::x86::avx2_f32::<R, W>(t) }
     }
     #[inline(always)]
     fn fma(self, b: Self, c: Self) -> Self {
@@ -92,8 +117,20 @@ impl Float for f64 {
         f64::ln(self)
     }
     #[inline(always)]
-    fn exp(self) -> Self {
-        exp_f64(self)
+    fn exp<M: Simd>(self) -> Self {
+        exp_f64::<M>(self)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn tile_avx512<const R: usize, const W: usize>(t: TileArgs<'_, Self>) {
+        // SAFETY: same contract as this method's.
+        unsafe { super::tile::x86::avx512_f64::<R, W>(t) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn tile_avx2<const R: usize, const W: usize>(t: TileArgs<'_, Self>) {
+        // SAFETY: same contract as this method's.
+        unsafe { super::tile::x86::avx2_f64::<R, W>(t) }
     }
     #[inline(always)]
     fn fma(self, b: Self, c: Self) -> Self {
@@ -106,7 +143,7 @@ impl Float for f64 {
 /// and `2^n` applied as two exponent-field scalings so that results near overflow and in the
 /// subnormal range are right too. Max error ≈ 2 ulp; NaN propagates, −inf gives exactly 0.
 #[inline(always)]
-pub(crate) fn exp_f32(x: f32) -> f32 {
+pub(crate) fn exp_f32<M: Simd>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln2 split so that n·LN2_HI is exact for |n| < 2^10.
     const LN2_HI: f32 = 0.693_359_4;
@@ -127,13 +164,9 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
     let n = t - MAGIC;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     let mut p = 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        p = M::madd(p, r, c);
+    }
     // n as an integer, straight from the bits of t (|n| ≤ 151 < 2^22).
     let ni = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32;
     let n1 = ni >> 1;
@@ -146,7 +179,7 @@ pub(crate) fn exp_f32(x: f32) -> f32 {
 /// `e^x` for f64, as [`exp_f32`] with a degree-13 polynomial (truncation 4e-18 relative).
 /// Max error ≈ 2 ulp.
 #[inline(always)]
-pub(crate) fn exp_f64(x: f64) -> f64 {
+pub(crate) fn exp_f64<M: Simd>(x: f64) -> f64 {
     const LOG2E: f64 = std::f64::consts::LOG2_E;
     // fdlibm's split: LN2_HI has 32 trailing zero bits, so n·LN2_HI is exact.
     const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
@@ -182,10 +215,10 @@ pub(crate) fn exp_f64(x: f64) -> f64 {
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     let mut p = C[0];
     for &c in &C[1..] {
-        p = p * r + c;
+        p = M::madd(p, r, c);
     }
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    p = M::madd(p, r, 1.0);
+    p = M::madd(p, r, 1.0);
     let ni = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i64;
     let n1 = ni >> 1;
     let n2 = ni - n1;
@@ -194,35 +227,101 @@ pub(crate) fn exp_f64(x: f64) -> f64 {
     p * s1 * s2
 }
 
-/// How a kernel multiplies and adds: [`Fused`] where the CPU has FMA, [`Plain`] elsewhere
-/// (an `f32::mul_add` without hardware FMA is a slow libm call).
-pub(crate) trait Madd {
+/// A token for an instruction set the CPU supports. A value exists only inside [`dispatch_on`]
+/// after run-time detection, which is what makes the `unsafe` calls into `#[target_feature]`
+/// code behind it sound.
+pub(crate) trait Simd: Copy + Send + Sync + 'static {
+    /// Bytes per vector register (tile widths are derived from it).
+    const VBYTES: usize;
+    /// `a · b + c`: fused where the CPU has FMA (`f32::mul_add` without hardware FMA is a slow
+    /// libm call), two roundings otherwise.
     fn madd<T: Float>(a: T, b: T, c: T) -> T;
+    /// One register tile of a small product, see [`super::tile`].
+    fn tile<T: Float, const R: usize, const W: usize>(self, t: TileArgs<'_, T>);
 }
 
-pub(crate) struct Fused;
-pub(crate) struct Plain;
-
-impl Madd for Fused {
-    #[inline(always)]
-    fn madd<T: Float>(a: T, b: T, c: T) -> T {
-        a.fma(b, c)
-    }
+/// Operands of one register tile: `c[r][0..W] = (c if acc) + Σ_k a[r][k] · b[k][0..W]`.
+pub(crate) struct TileArgs<'a, T> {
+    /// `A(r, k)` is `a[r · a_rs + k · a_cs]`.
+    pub a: &'a [T],
+    pub a_rs: usize,
+    pub a_cs: usize,
+    pub b: &'a [T],
+    pub ldb: usize,
+    pub kd: usize,
+    pub c: &'a mut [T],
+    pub ldc: usize,
+    pub acc: bool,
 }
 
-impl Madd for Plain {
+/// Portable code (SSE2 on x86-64), no FMA.
+#[derive(Clone, Copy)]
+pub(crate) struct Baseline(());
+
+/// AVX2 with FMA.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(crate) struct Avx2(());
+
+/// AVX-512F (with AVX2 and FMA).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(crate) struct Avx512(());
+
+impl Simd for Baseline {
+    const VBYTES: usize = 16;
     #[inline(always)]
     fn madd<T: Float>(a: T, b: T, c: T) -> T {
         a * b + c
     }
+    #[inline(always)]
+    fn tile<T: Float, const R: usize, const W: usize>(self, t: TileArgs<'_, T>) {
+        tile_baseline::<T, R, W>(t)
+    }
 }
+
+#[inline(never)]
+fn tile_baseline<T: Float, const R: usize, const W: usize>(t: TileArgs<'_, T>) {
+    super::tile::tile_body::<T, Baseline, R, W>(t)
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx2 {
+    const VBYTES: usize = 32;
+    #[inline(always)]
+    fn madd<T: Float>(a: T, b: T, c: T) -> T {
+        a.fma(b, c)
+    }
+    #[inline(always)]
+    fn tile<T: Float, const R: usize, const W: usize>(self, t: TileArgs<'_, T>) {
+        // SAFETY: an `Avx2` token is only created by `dispatch_on` after detecting avx2+fma.
+        unsafe { T::tile_avx2::<R, W>(t) }
+    }
+}
+
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx512 {
+    const VBYTES: usize = 64;
+    #[inline(always)]
+    fn madd<T: Float>(a: T, b: T, c: T) -> T {
+        a.fma(b, c)
+    }
+    #[inline(always)]
+    fn tile<T: Float, const R: usize, const W: usize>(self, t: TileArgs<'_, T>) {
+        // SAFETY: an `Avx512` token is only created by `dispatch_on` after detecting
+        // avx512f, avx2 and fma.
+        unsafe { T::tile_avx512::<R, W>(t) }
+    }
+}
+
 
 /// A kernel body that [`dispatch`] compiles per instruction set. `run` must be
 /// `#[inline(always)]` (and so must what it calls in hot loops) so that it is compiled inside
 /// the `#[target_feature]` wrapper rather than for the baseline target.
 pub(crate) trait Kernel {
     type Out;
-    fn run<M: Madd>(self) -> Self::Out;
+    fn run<M: Simd>(self, m: M) -> Self::Out;
 }
 
 /// The instruction sets the fused kernels are compiled for.
@@ -236,41 +335,38 @@ pub(crate) enum Isa {
 }
 
 impl Isa {
+    /// Whether this CPU can run code compiled for `self` (run-time detection, cached by std).
+    pub(crate) fn supported(self) -> bool {
+        match self {
+            Isa::Baseline => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                Isa::Avx2.supported() && std::arch::is_x86_feature_detected!("avx512f")
+            }
+        }
+    }
+
     /// The best instruction set this CPU supports (detected once).
     pub(crate) fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
-        *BEST.get_or_init(|| {
-            #[cfg(target_arch = "x86_64")]
-            {
-                let avx2 = std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma");
-                if avx2 && std::arch::is_x86_feature_detected!("avx512f") {
-                    return Isa::Avx512;
-                }
-                if avx2 {
-                    return Isa::Avx2;
-                }
-            }
-            Isa::Baseline
-        })
+        *BEST.get_or_init(|| *Isa::available().last().unwrap_or(&Isa::Baseline))
     }
 
-    /// Every instruction set this CPU can run (tests compare them with each other).
-    #[cfg(test)]
+    /// Every instruction set this CPU can run, best last (tests compare them).
     pub(crate) fn available() -> Vec<Isa> {
-        let mut v = vec![Isa::Baseline];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                v.push(Isa::Avx2);
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    v.push(Isa::Avx512);
-                }
-            }
-        }
-        v
+        let all = [
+            Isa::Baseline,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512,
+        ];
+        all.into_iter().filter(|i| i.supported()).collect()
     }
 }
 
@@ -279,7 +375,7 @@ impl Isa {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn run_avx512<K: Kernel>(k: K) -> K::Out {
-    k.run::<Fused>()
+    k.run(Avx512(()))
 }
 
 /// # Safety
@@ -287,7 +383,7 @@ unsafe fn run_avx512<K: Kernel>(k: K) -> K::Out {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_avx2<K: Kernel>(k: K) -> K::Out {
-    k.run::<Fused>()
+    k.run(Avx2(()))
 }
 
 /// Run `k` compiled for the best instruction set of this CPU.
@@ -296,19 +392,24 @@ pub(crate) fn dispatch<K: Kernel>(k: K) -> K::Out {
     dispatch_on(Isa::best(), k)
 }
 
-/// Run `k` compiled for `isa`, which must be one that [`Isa::best`] or [`Isa::available`]
-/// returned (both only offer what the CPU reports).
+/// Run `k` compiled for `isa`. `isa` must come from [`Isa::best`] or [`Isa::available`],
+/// which only offer what the CPU reports; anything else is a bug, caught here.
 #[inline]
 pub(crate) fn dispatch_on<K: Kernel>(isa: Isa, k: K) -> K::Out {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx512` is only constructed after run-time detection of avx512f, avx2
-        // and fma; the wrapper has no other precondition.
-        Isa::Avx512 => unsafe { run_avx512(k) },
+        Isa::Avx512 => {
+            assert!(isa.supported(), "avx512 kernel requested on a CPU without it");
+            // SAFETY: checked just above that the CPU has avx512f, avx2 and fma.
+            unsafe { run_avx512(k) }
+        }
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` is only constructed after run-time detection of avx2 and fma.
-        Isa::Avx2 => unsafe { run_avx2(k) },
-        Isa::Baseline => k.run::<Plain>(),
+        Isa::Avx2 => {
+            assert!(isa.supported(), "avx2 kernel requested on a CPU without it");
+            // SAFETY: checked just above that the CPU has avx2 and fma.
+            unsafe { run_avx2(k) }
+        }
+        Isa::Baseline => k.run(Baseline(())),
     }
 }
 
@@ -389,11 +490,15 @@ pub(crate) fn max_of<T: Float>(x: &[T]) -> T {
             *a = a.max(v);
         }
     }
-    let mut m = T::NEG_INF;
-    for &v in chunks.remainder().iter().chain(acc.iter()) {
-        m = m.max(v);
+    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a = a.max(v);
     }
-    m
+    for w in [8, 4, 2, 1] {
+        for l in 0..w {
+            acc[l] = acc[l].max(acc[l + w]);
+        }
+    }
+    acc[0]
 }
 
 /// Sum of the elements.
@@ -406,63 +511,31 @@ pub(crate) fn sum_of<T: Float>(x: &[T]) -> T {
             *a += v;
         }
     }
-    let mut s = T::ZERO;
-    for &v in chunks.remainder() {
-        s += v;
+    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += v;
     }
-    for &a in &acc {
-        s += a;
-    }
-    s
+    super::tile::hsum(acc)
 }
 
 /// `out[i] = exp(x[i] − shift)`, returning the sum of the outputs.
 #[inline(always)]
-pub(crate) fn exp_shift_sum<T: Float>(x: &[T], shift: T, out: &mut [T]) -> T {
+pub(crate) fn exp_shift_sum<T: Float, M: Simd>(x: &[T], shift: T, out: &mut [T]) -> T {
     let mut acc = [T::ZERO; LANES];
     let mut xc = x.chunks_exact(LANES);
     let mut oc = out.chunks_exact_mut(LANES);
     for (c, o) in (&mut xc).zip(&mut oc) {
         for ((a, &v), o) in acc.iter_mut().zip(c).zip(o) {
-            let e = (v - shift).exp();
+            let e = (v - shift).exp::<M>();
             *o = e;
             *a += e;
         }
     }
-    let mut s = T::ZERO;
-    for (&v, o) in xc.remainder().iter().zip(oc.into_remainder()) {
-        let e = (v - shift).exp();
+    for ((a, &v), o) in acc.iter_mut().zip(xc.remainder()).zip(oc.into_remainder()) {
+        let e = (v - shift).exp::<M>();
         *o = e;
-        s += e;
+        *a += e;
     }
-    for &a in &acc {
-        s += a;
-    }
-    s
-}
-
-/// `x[i] = exp(x[i] − shift)` in place, returning the sum.
-#[inline(always)]
-pub(crate) fn exp_shift_sum_inplace<T: Float>(x: &mut [T], shift: T) -> T {
-    let mut acc = [T::ZERO; LANES];
-    let mut xc = x.chunks_exact_mut(LANES);
-    for c in &mut xc {
-        for (a, v) in acc.iter_mut().zip(c) {
-            let e = (*v - shift).exp();
-            *v = e;
-            *a += e;
-        }
-    }
-    let mut s = T::ZERO;
-    for v in xc.into_remainder() {
-        let e = (*v - shift).exp();
-        *v = e;
-        s += e;
-    }
-    for &a in &acc {
-        s += a;
-    }
-    s
+    super::tile::hsum(acc)
 }
 
 /// `x[i] ·= s`.
@@ -477,61 +550,76 @@ pub(crate) fn scale<T: Float>(x: &mut [T], s: T) {
 mod tests {
     use super::*;
 
-    /// Relative error against the correctly rounded (to f64) `exp`, scaled to ulps of the type.
+    /// `exp` over a slice, compiled for the instruction set it runs on.
+    struct ExpAll<'a, T>(&'a [T]);
+    impl<T: Float> Kernel for ExpAll<'_, T> {
+        type Out = Vec<T>;
+        #[inline(always)]
+        fn run<M: Simd>(self, _: M) -> Vec<T> {
+            self.0.iter().map(|&x| x.exp::<M>()).collect()
+        }
+    }
+
+    fn exp_each_isa<T: Float>(xs: &[T]) -> Vec<(Isa, Vec<T>)> {
+        Isa::available()
+            .into_iter()
+            .map(|isa| (isa, dispatch_on(isa, ExpAll(xs))))
+            .collect()
+    }
+
+    /// Relative error against the correctly rounded (to f64) `exp`, on every instruction set.
     #[test]
     fn exp_matches_std_f32() {
-        let mut worst = 0.0f64;
-        let mut x = -110.0f32;
-        while x < 90.0 {
-            let got = exp_f32(x) as f64;
-            let want = (x as f64).exp();
-            if want > f32::MAX as f64 {
-                assert_eq!(got, f64::INFINITY, "x = {x}");
-            } else if want >= f32::MIN_POSITIVE as f64 {
-                worst = worst.max(((got - want) / want).abs());
-            } else {
-                // Subnormal range: absolute error within one subnormal step.
-                assert!((got - want).abs() <= 1.5e-45, "x = {x}: {got} vs {want}");
+        let mut xs: Vec<f32> = (0..273_000).map(|i| -110.0 + i as f32 * 0.000_731).collect();
+        xs.extend([f32::NEG_INFINITY, f32::INFINITY, f32::NAN, 0.0, 88.72, 88.73, -87.5]);
+        for (isa, got) in exp_each_isa(&xs) {
+            let mut worst = 0.0f64;
+            for (&x, &g) in xs.iter().zip(&got) {
+                let (g, want) = (g as f64, (x as f64).exp());
+                if x.is_nan() {
+                    assert!(g.is_nan(), "{isa:?}");
+                } else if want > f32::MAX as f64 {
+                    assert_eq!(g, f64::INFINITY, "{isa:?} x = {x}");
+                } else if want >= f32::MIN_POSITIVE as f64 {
+                    worst = worst.max(((g - want) / want).abs());
+                } else {
+                    // Subnormal range: within one subnormal step.
+                    assert!((g - want).abs() <= 1.5e-45, "{isa:?} x = {x}: {g} vs {want}");
+                }
             }
-            x += 0.000_731;
+            assert!(worst < 2.5e-7, "{isa:?}: worst relative error {worst}");
         }
-        assert!(worst < 2.5e-7, "worst relative error {worst}");
-        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
-        assert_eq!(exp_f32(f32::INFINITY), f32::INFINITY);
-        assert!(exp_f32(f32::NAN).is_nan());
-        assert_eq!(exp_f32(0.0), 1.0);
     }
 
     #[test]
     fn exp_matches_std_f64() {
-        let mut worst = 0.0f64;
-        let mut x = -750.0f64;
-        while x < 712.0 {
-            let got = exp_f64(x);
-            let want = x.exp();
-            if want.is_infinite() {
-                assert_eq!(got, f64::INFINITY, "x = {x}");
-            } else if want >= f64::MIN_POSITIVE {
-                worst = worst.max(((got - want) / want).abs());
-            } else {
-                assert!((got - want).abs() <= 1e-323, "x = {x}: {got} vs {want}");
+        let mut xs: Vec<f64> = (0..1_600_000).map(|i| -750.0 + i as f64 * 0.000_913_7).collect();
+        xs.extend([f64::NEG_INFINITY, f64::INFINITY, f64::NAN, 0.0, 709.78, 709.79]);
+        for (isa, got) in exp_each_isa(&xs) {
+            let mut worst = 0.0f64;
+            for (&x, &g) in xs.iter().zip(&got) {
+                let want = x.exp();
+                if x.is_nan() {
+                    assert!(g.is_nan(), "{isa:?}");
+                } else if want.is_infinite() {
+                    assert_eq!(g, f64::INFINITY, "{isa:?} x = {x}");
+                } else if want >= f64::MIN_POSITIVE {
+                    worst = worst.max(((g - want) / want).abs());
+                } else {
+                    assert!((g - want).abs() <= 1e-323, "{isa:?} x = {x}: {g} vs {want}");
+                }
             }
-            x += 0.000_913_7;
+            assert!(worst < 5e-16, "{isa:?}: worst relative error {worst}");
         }
-        assert!(worst < 5e-16, "worst relative error {worst}");
-        assert_eq!(exp_f64(f64::NEG_INFINITY), 0.0);
-        assert_eq!(exp_f64(f64::INFINITY), f64::INFINITY);
-        assert!(exp_f64(f64::NAN).is_nan());
-        assert_eq!(exp_f64(0.0), 1.0);
     }
 
     struct SumExp<'a>(&'a [f32]);
     impl Kernel for SumExp<'_> {
         type Out = (f32, f32, Vec<f32>);
         #[inline(always)]
-        fn run<M: Madd>(self) -> Self::Out {
+        fn run<M: Simd>(self, _: M) -> Self::Out {
             let mut out = vec![0.0; self.0.len()];
-            let s = exp_shift_sum(self.0, 1.5, &mut out);
+            let s = exp_shift_sum::<f32, M>(self.0, 1.5, &mut out);
             (max_of(self.0), s, out)
         }
     }
@@ -560,7 +648,11 @@ mod tests {
 
     #[test]
     fn madd_variants_agree() {
-        assert_eq!(Fused::madd(2.0f64, 3.0, 1.0), 7.0);
-        assert_eq!(Plain::madd(2.0f32, 3.0, 1.0), 7.0);
+        assert_eq!(Baseline::madd(2.0f64, 3.0, 1.0), 7.0);
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert_eq!(Avx2::madd(2.0f32, 3.0, 1.0), 7.0);
+            assert_eq!(Avx512::madd(2.0f32, 3.0, 1.0), 7.0);
+        }
     }
 }

@@ -1,10 +1,195 @@
-//! Forward cases: casts between every pair of dtypes, creation, random sampling, typed read-back.
+//! Forward cases: casts between every pair of dtypes, creation, random sampling, typed
+//! read-back and same-device moves.
 
 use super::*;
 
+pub(super) fn cases() -> Vec<Case> {
+    vec![
+        case("casts", casts),
+        case("cast_rounding", |d| {
+            let v = [
+                1.0 / 3.0,
+                2.0 / 3.0,
+                1e-3,
+                65504.0,
+                -0.1,
+                1.0 + 1.0 / 1024.0,
+            ];
+            for src in FLOATS {
+                let x = t(d, &v, 6, src)?;
+                let xs = rounded(&v, src);
+                for dst in FLOATS {
+                    let want = rounded(&xs, dst);
+                    expect(
+                        &format!("cast {src} -> {dst}"),
+                        &x.to_dtype(dst)?,
+                        &[6],
+                        dst,
+                        &want,
+                        (0.0, 0.0),
+                    )?;
+                }
+            }
+            Ok(())
+        }),
+        case("creation", creation),
+        case("arange_linspace_eye", |d| {
+            for dt in FLOATS.iter().chain(&INTS).copied() {
+                expect(
+                    &format!("arange(0, 5) {dt}"),
+                    &Tensor::arange(0.0, 5.0, 1.0, dt, d)?,
+                    &[5],
+                    dt,
+                    &[0.0, 1.0, 2.0, 3.0, 4.0],
+                    (0.0, 0.0),
+                )?;
+                expect(
+                    &format!("arange(7, 0, -3) {dt}"),
+                    &Tensor::arange(7.0, 0.0, -3.0, dt, d)?,
+                    &[3],
+                    dt,
+                    &[7.0, 4.0, 1.0],
+                    (0.0, 0.0),
+                )?;
+                expect(
+                    &format!("arange(3, 3) {dt}"),
+                    &Tensor::arange(3.0, 3.0, 1.0, dt, d)?,
+                    &[0],
+                    dt,
+                    &[],
+                    (0.0, 0.0),
+                )?;
+                expect(
+                    &format!("eye(3) {dt}"),
+                    &Tensor::eye(3, dt, d)?,
+                    &[3, 3],
+                    dt,
+                    &[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+                    (0.0, 0.0),
+                )?;
+            }
+            for dt in FLOATS {
+                expect(
+                    &format!("arange(1, 2, 0.25) {dt}"),
+                    &Tensor::arange(1.0, 2.0, 0.25, dt, d)?,
+                    &[4],
+                    dt,
+                    &[1.0, 1.25, 1.5, 1.75],
+                    (0.0, 0.0),
+                )?;
+                expect(
+                    &format!("linspace(0, 1, 5) {dt}"),
+                    &Tensor::linspace(0.0, 1.0, 5, dt, d)?,
+                    &[5],
+                    dt,
+                    &[0.0, 0.25, 0.5, 0.75, 1.0],
+                    (0.0, 0.0),
+                )?;
+                expect(
+                    &format!("linspace(2, -1, 4) {dt}"),
+                    &Tensor::linspace(2.0, -1.0, 4, dt, d)?,
+                    &[4],
+                    dt,
+                    &[2.0, 1.0, 0.0, -1.0],
+                    (0.0, 0.0),
+                )?;
+                expect(
+                    &format!("linspace(3, 9, 1) {dt}"),
+                    &Tensor::linspace(3.0, 9.0, 1, dt, d)?,
+                    &[1],
+                    dt,
+                    &[3.0],
+                    (0.0, 0.0),
+                )?;
+            }
+            Ok(())
+        }),
+        case("rand_uniform", rand_uniform),
+        case("randn", randn),
+        case("bernoulli", |d| {
+            for dt in [DType::F32, DType::F64, DType::BF16, DType::U8] {
+                let x = Tensor::bernoulli(0.3, 10_000, dt, d)?;
+                if x.dtype() != dt || x.dims() != [10_000] {
+                    return Err(Error::msg(format!("bernoulli {dt}: got {x:?}")));
+                }
+                let v = x.to_f64_vec()?;
+                if let Some(bad) = v.iter().find(|&&b| b != 0.0 && b != 1.0) {
+                    return Err(Error::msg(format!(
+                        "bernoulli {dt}: value {bad} is neither 0 nor 1"
+                    )));
+                }
+                let mean = v.iter().sum::<f64>() / v.len() as f64;
+                if (mean - 0.3).abs() > 0.03 {
+                    return Err(Error::msg(format!("bernoulli(0.3) {dt}: mean {mean}")));
+                }
+            }
+            expect(
+                "bernoulli(0)",
+                &Tensor::bernoulli(0.0, 50, DType::F32, d)?,
+                &[50],
+                DType::F32,
+                &[0.0; 50],
+                (0.0, 0.0),
+            )?;
+            expect(
+                "bernoulli(1)",
+                &Tensor::bernoulli(1.0, 50, DType::F32, d)?,
+                &[50],
+                DType::F32,
+                &[1.0; 50],
+                (0.0, 0.0),
+            )?;
+            let p = t(d, &[0.0, 1.0, 0.0, 1.0], 4, DType::F32)?;
+            expect(
+                "bernoulli_from_probs of 0/1",
+                &p.bernoulli_from_probs()?,
+                &[4],
+                DType::F32,
+                &[0.0, 1.0, 0.0, 1.0],
+                (0.0, 0.0),
+            )
+        }),
+        case("to_vec_typed", |d| {
+            typed::<u8>(d)?;
+            typed::<u32>(d)?;
+            typed::<i64>(d)?;
+            typed::<f16>(d)?;
+            typed::<bf16>(d)?;
+            typed::<f32>(d)?;
+            typed::<f64>(d)
+        }),
+        case("to_dtype_to_device_same", |d| {
+            for dt in FLOATS.iter().chain(&INTS).copied() {
+                let x = t(d, &[1.0, 2.0, 3.0], 3, dt)?;
+                expect(
+                    &format!("to_dtype({dt}) to itself"),
+                    &x.to_dtype(dt)?,
+                    &[3],
+                    dt,
+                    &[1.0, 2.0, 3.0],
+                    (0.0, 0.0),
+                )?;
+                let y = x.to_device(d)?;
+                if !y.device().same_device(d) {
+                    return Err(Error::msg("to_device(same) changed the device"));
+                }
+                expect(
+                    &format!("to_device(same) {dt}"),
+                    &y,
+                    &[3],
+                    dt,
+                    &[1.0, 2.0, 3.0],
+                    (0.0, 0.0),
+                )?;
+            }
+            Ok(())
+        }),
+    ]
+}
+
 // ---- casts and creation -----------------------------------------------------------------------
 
-pub(super) fn casts(d: &Device) -> Result<()> {
+fn casts(d: &Device) -> Result<()> {
     let all = [
         DType::U8,
         DType::U32,
@@ -86,7 +271,7 @@ pub(super) fn casts(d: &Device) -> Result<()> {
     )
 }
 
-pub(super) fn creation(d: &Device) -> Result<()> {
+fn creation(d: &Device) -> Result<()> {
     for dt in FLOATS.iter().chain(&INTS).copied() {
         expect(
             &format!("zeros {dt}"),
@@ -182,7 +367,7 @@ fn moments(v: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-pub(super) fn rand_uniform(d: &Device) -> Result<()> {
+fn rand_uniform(d: &Device) -> Result<()> {
     let (lo, hi) = (-1.0, 3.0);
     for dt in FLOATS {
         let x = Tensor::rand_seeded(lo, hi, (100, 100), dt, d, 42)?;
@@ -233,7 +418,7 @@ pub(super) fn rand_uniform(d: &Device) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn randn(d: &Device) -> Result<()> {
+fn randn(d: &Device) -> Result<()> {
     for dt in FLOATS {
         let x = Tensor::randn_seeded(2.0, 0.5, 10_000, dt, d, 7)?;
         if x.dims() != [10_000] || x.dtype() != dt {
@@ -284,7 +469,7 @@ pub(super) fn randn(d: &Device) -> Result<()> {
 
 // ---- typed read-back ------------------------------------------------------------------------
 
-pub(super) fn typed<T: WithDType>(d: &Device) -> Result<()> {
+fn typed<T: WithDType>(d: &Device) -> Result<()> {
     let vals: Vec<T> = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
         .iter()
         .map(|&v| T::from_f64(v))

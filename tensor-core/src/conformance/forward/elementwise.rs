@@ -1,6 +1,163 @@
-//! Forward cases: elementwise unary and binary ops, comparisons and where, in every dtype.
+//! Forward cases: elementwise unary and binary ops, comparisons, where and triangles, in every
+//! dtype.
 
 use super::*;
+
+pub(super) fn cases() -> Vec<Case> {
+    vec![
+        case("unary_float", unary_float),
+        case("unary_int", unary_int),
+        case("round_ties_even", |d| {
+            for dt in FLOATS {
+                let x = t(d, &[0.5, 1.5, 2.5, -0.5, -2.5, 3.5], 6, dt)?;
+                expect(
+                    &format!("round {dt}"),
+                    &x.round()?,
+                    &[6],
+                    dt,
+                    &[0.0, 2.0, 2.0, 0.0, -2.0, 4.0],
+                    (0.0, 0.0),
+                )?;
+            }
+            Ok(())
+        }),
+        case("binary_float", binary_float),
+        case("binary_int", binary_int),
+        case("int_floor_div_and_wrap", |d| {
+            // Integer division floors (PyTorch's `//`); u8/u32 arithmetic wraps.
+            let a = t(d, &[-7.0, 7.0, -8.0, 0.0], 4, DType::I64)?;
+            let b = t(d, &[2.0, -2.0, 3.0, -5.0], 4, DType::I64)?;
+            expect(
+                "i64 floor division",
+                &a.div(&b)?,
+                &[4],
+                DType::I64,
+                &[-4.0, -4.0, -3.0, 0.0],
+                (0.0, 0.0),
+            )?;
+            let a = t(d, &[200.0, 3.0, 16.0], 3, DType::U8)?;
+            let b = t(d, &[100.0, 5.0, 16.0], 3, DType::U8)?;
+            expect(
+                "u8 add wraps",
+                &a.add(&b)?,
+                &[3],
+                DType::U8,
+                &[44.0, 8.0, 32.0],
+                (0.0, 0.0),
+            )?;
+            expect(
+                "u8 sub wraps",
+                &a.sub(&b)?,
+                &[3],
+                DType::U8,
+                &[100.0, 254.0, 0.0],
+                (0.0, 0.0),
+            )?;
+            expect(
+                "u8 mul wraps",
+                &a.mul(&b)?,
+                &[3],
+                DType::U8,
+                &[32.0, 15.0, 0.0],
+                (0.0, 0.0),
+            )?;
+            let a = t(d, &[1.0, 4294967295.0], 2, DType::U32)?;
+            let b = t(d, &[2.0, 1.0], 2, DType::U32)?;
+            expect(
+                "u32 sub/add wrap",
+                &a.sub(&b)?.add(&a.add(&b)?)?,
+                &[2],
+                DType::U32,
+                &[2.0, 4294967294.0],
+                (0.0, 0.0),
+            )
+        }),
+        case("int_div_by_zero_is_err", |d| {
+            for dt in INTS {
+                let a = t(d, &[1.0, 2.0], 2, dt)?;
+                let b = t(d, &[1.0, 0.0], 2, dt)?;
+                must_err(&format!("{dt} division by zero"), a.div(&b), &["div"])?;
+            }
+            Ok(())
+        }),
+        case("comparisons", comparisons),
+        case("where_cond", where_cond),
+        case("masked_fill_triu_tril", |d| {
+            for dt in FLOATS.iter().chain(&INTS).copied() {
+                let x = t(d, &(0..12).map(f64::from).collect::<Vec<_>>(), (3, 4), dt)?;
+                let m = t(d, &[1.0, 0.0, 0.0, 1.0], 4, DType::U8)?;
+                let want: Vec<f64> = (0..12)
+                    .map(|i| {
+                        if i % 4 == 0 || i % 4 == 3 {
+                            9.0
+                        } else {
+                            i as f64
+                        }
+                    })
+                    .collect();
+                expect(
+                    &format!("masked_fill {dt}"),
+                    &x.masked_fill(&m, 9.0)?,
+                    &[3, 4],
+                    dt,
+                    &want,
+                    (0.0, 0.0),
+                )?;
+                for diag in [-1i64, 0, 1, 2] {
+                    let up: Vec<f64> = (0..12)
+                        .map(|i| {
+                            if (i % 4) as i64 - (i / 4) as i64 >= diag {
+                                i as f64
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    let lo: Vec<f64> = (0..12)
+                        .map(|i| {
+                            if (i % 4) as i64 - (i / 4) as i64 <= diag {
+                                i as f64
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    expect(
+                        &format!("triu({diag}) {dt}"),
+                        &x.triu(diag)?,
+                        &[3, 4],
+                        dt,
+                        &up,
+                        (0.0, 0.0),
+                    )?;
+                    expect(
+                        &format!("tril({diag}) {dt}"),
+                        &x.tril(diag)?,
+                        &[3, 4],
+                        dt,
+                        &lo,
+                        (0.0, 0.0),
+                    )?;
+                }
+                // Batched: the triangle applies to the last two dims of each matrix.
+                let b = Tensor::stack(&[&x, &x], 0)?.tril(0)?;
+                let lo: Vec<f64> = (0..24)
+                    .map(|i| i % 12)
+                    .map(|i| if i % 4 <= i / 4 { i as f64 } else { 0.0 })
+                    .collect();
+                expect(
+                    &format!("batched tril {dt}"),
+                    &b,
+                    &[2, 3, 4],
+                    dt,
+                    &lo,
+                    (0.0, 0.0),
+                )?;
+            }
+            Ok(())
+        }),
+    ]
+}
 
 /// erf by its Maclaurin series: accurate to ~1e-13 for |x| ≤ 3, where the tests stay.
 fn erf(x: f64) -> f64 {
@@ -27,7 +184,7 @@ const POSITIVE: [f64; 6] = [0.25, 0.5, 1.0, 2.0, 3.0, 7.5];
 const NONZERO: [f64; 6] = [-2.5, -0.5, 0.25, 1.0, 3.0, 7.5];
 const FRACTIONAL: [f64; 8] = [-2.7, -1.2, -0.3, 0.0, 0.4, 1.6, 2.2, -0.0];
 
-pub(super) fn unary_float(d: &Device) -> Result<()> {
+fn unary_float(d: &Device) -> Result<()> {
     let c = (2.0 / std::f64::consts::PI).sqrt();
     let table: Vec<UnaryRow> = vec![
         ("neg", |x| x.neg(), |x| -x, &GENERAL),
@@ -173,7 +330,7 @@ pub(super) fn unary_float(d: &Device) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn unary_int(d: &Device) -> Result<()> {
+fn unary_int(d: &Device) -> Result<()> {
     for dt in INTS {
         let v = [0.0, 1.0, 5.0, 7.0, 12.0];
         let x = t(d, &v, 5, dt)?;
@@ -270,7 +427,7 @@ pub(super) fn unary_int(d: &Device) -> Result<()> {
 }
 
 /// a: [2, 3], b: [3] (broadcast over rows), c: [2, 1] (broadcast over columns).
-pub(super) fn binary_float(d: &Device) -> Result<()> {
+fn binary_float(d: &Device) -> Result<()> {
     let a = [-1.5, 0.5, 2.0, 3.0, -0.25, 1.0];
     let b = [0.5, -2.0, 1.5];
     let c = [2.0, -0.75];
@@ -344,7 +501,7 @@ pub(super) fn binary_float(d: &Device) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn binary_int(d: &Device) -> Result<()> {
+fn binary_int(d: &Device) -> Result<()> {
     let a = [7.0, 0.0, 12.0, 5.0, 9.0, 3.0];
     let b = [2.0, 4.0, 3.0];
     let wrap = |v: f64, dt: DType| match dt {
@@ -388,7 +545,7 @@ pub(super) fn binary_int(d: &Device) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn comparisons(d: &Device) -> Result<()> {
+fn comparisons(d: &Device) -> Result<()> {
     let a = [1.0, 2.0, 3.0, 4.0, 0.0, 7.0];
     let b = [2.0, 2.0, 5.0];
     type RefCmp = fn(f64, f64) -> bool;
@@ -484,7 +641,7 @@ pub(super) fn comparisons(d: &Device) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn where_cond(d: &Device) -> Result<()> {
+fn where_cond(d: &Device) -> Result<()> {
     let c = t(d, &[1.0, 0.0, 2.0, 0.0, 255.0, 0.0], (2, 3), DType::U8)?;
     for dt in FLOATS.iter().chain(&INTS).copied() {
         let on_t = t(d, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], (2, 3), dt)?;

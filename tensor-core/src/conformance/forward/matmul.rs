@@ -2,6 +2,14 @@
 
 use super::*;
 
+pub(super) fn cases() -> Vec<Case> {
+    vec![
+        case("matmul_strided_batches", matmul_strided_batches),
+        case("matmul", matmul),
+        case("matmul_batched", matmul_batched),
+    ]
+}
+
 // ---- matmul ---------------------------------------------------------------------------------
 
 /// C = A·B for row-major A [m, k], B [k, n], in f64.
@@ -24,7 +32,7 @@ fn mm_tol(dt: DType, k: usize) -> (f64, f64) {
     }
 }
 
-pub(super) fn matmul(d: &Device) -> Result<()> {
+fn matmul(d: &Device) -> Result<()> {
     for dt in FLOATS {
         for (m, k, n) in [(1, 1, 1), (7, 13, 5), (65, 33, 17), (1, 64, 9), (16, 1, 3)] {
             let av = det_values(m * k, (m * 100 + k) as u64);
@@ -110,7 +118,7 @@ pub(super) fn matmul(d: &Device) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn matmul_batched(d: &Device) -> Result<()> {
+fn matmul_batched(d: &Device) -> Result<()> {
     for dt in FLOATS {
         // [3, 4, 5] x [3, 5, 2].
         let av = det_values(60, 11);
@@ -192,6 +200,114 @@ pub(super) fn matmul_batched(d: &Device) -> Result<()> {
             &want,
             mm_tol(dt, 5),
         )?;
+    }
+    Ok(())
+}
+
+/// The reference product of two tensors of rank ≥ 2 (batch dims broadcast), read back in
+/// logical order — whatever their layouts.
+fn ref_matmul(a: &Tensor, b: &Tensor) -> Result<(Vec<f64>, Vec<usize>)> {
+    let (ra, rb) = (a.rank(), b.rank());
+    let (m, k, n) = (a.dims()[ra - 2], a.dims()[ra - 1], b.dims()[rb - 1]);
+    let batch = Shape::from(a.dims()[..ra - 2].to_vec())
+        .broadcast_with(&Shape::from(b.dims()[..rb - 2].to_vec()), "ref_matmul")?;
+    let (av, bv) = (a.to_f64_vec()?, b.to_f64_vec()?);
+    // Flat index of batch `i` (of the broadcast batch shape) in an operand's own batch dims.
+    let offset = |i: usize, own: &[usize]| -> usize {
+        let bd = batch.dims();
+        let (mut rem, mut idx, mut stride) = (i, 0, 1);
+        for j in (0..bd.len()).rev() {
+            let c = rem % bd[j];
+            rem /= bd[j];
+            let o = j as i64 - (bd.len() as i64 - own.len() as i64);
+            if o >= 0 {
+                let size = own[o as usize];
+                idx += (if size == 1 { 0 } else { c }) * stride;
+                stride *= size;
+            }
+        }
+        idx
+    };
+    let mut out = vec![];
+    for i in 0..batch.elem_count() {
+        let (oa, ob) = (
+            offset(i, &a.dims()[..ra - 2]),
+            offset(i, &b.dims()[..rb - 2]),
+        );
+        out.extend(naive_mm(
+            &av[oa * m * k..(oa + 1) * m * k],
+            &bv[ob * k * n..(ob + 1) * k * n],
+            m,
+            k,
+            n,
+        ));
+    }
+    let mut dims = batch.dims().to_vec();
+    dims.extend([m, n]);
+    Ok((out, dims))
+}
+
+/// Batched products of strided views: last-two-dims transposes, permuted batches and broadcast
+/// batch dims together (the shapes composite ops such as conv_transpose produce), small and
+/// past the sizes where a backend switches kernels.
+fn matmul_strided_batches(d: &Device) -> Result<()> {
+    for dt in FLOATS {
+        let mk =
+            |shape: &[usize], seed: u64| t(d, &det_values(shape.iter().product(), seed), shape, dt);
+        let cases: Vec<(&str, Tensor, Tensor)> = vec![
+            (
+                "lhs [2, 5, 4]ᵀ x [2, 5, 3]",
+                mk(&[2, 5, 4], 1)?.transpose(1, 2)?,
+                mk(&[2, 5, 3], 2)?,
+            ),
+            (
+                "[2, 4, 5] x rhs [2, 3, 5]ᵀ",
+                mk(&[2, 4, 5], 3)?,
+                mk(&[2, 3, 5], 4)?.transpose(1, 2)?,
+            ),
+            (
+                "both transposed",
+                mk(&[3, 5, 4], 5)?.transpose(1, 2)?,
+                mk(&[3, 2, 5], 6)?.transpose(1, 2)?,
+            ),
+            (
+                "lhs [1, 3, 18]ᵀ x [1, 1, 3, 12] (conv_transpose shape)",
+                mk(&[1, 3, 18], 7)?.transpose(1, 2)?,
+                mk(&[1, 1, 3, 12], 8)?,
+            ),
+            (
+                "lhs [2, 3, 8]ᵀ x [2, 2, 3, 6] (groups)",
+                mk(&[2, 3, 8], 9)?.transpose(1, 2)?,
+                mk(&[3, 2, 3, 6], 10)?.narrow(0, 1, 2)?,
+            ),
+            (
+                "lhs [1, 33, 40]ᵀ x [2, 1, 33, 70]",
+                mk(&[1, 33, 40], 11)?.transpose(1, 2)?,
+                mk(&[2, 1, 33, 70], 12)?,
+            ),
+            (
+                "[2, 40, 33] x rhs [70, 33]ᵀ",
+                mk(&[2, 40, 33], 13)?,
+                mk(&[70, 33], 14)?.t()?,
+            ),
+            (
+                "permuted lhs [4, 2, 6]→[2, 6, 4] x [2, 4, 3]",
+                mk(&[4, 2, 6], 15)?.permute([1, 2, 0])?,
+                mk(&[2, 4, 3], 16)?,
+            ),
+        ];
+        for (name, a, b) in cases {
+            let (want, dims) = ref_matmul(&a, &b)?;
+            let k = a.dims()[a.rank() - 1];
+            expect(
+                &format!("matmul {name} {dt}"),
+                &a.matmul(&b)?,
+                &dims,
+                dt,
+                &want,
+                mm_tol(dt, k),
+            )?;
+        }
     }
     Ok(())
 }

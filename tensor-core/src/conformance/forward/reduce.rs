@@ -1,6 +1,219 @@
-//! Forward cases: reductions over every dim set, in every dtype, on contiguous and strided inputs.
+//! Forward cases: reductions over every dim set, in every dtype, on contiguous and strided
+//! inputs; arg-reductions with ties; var/std; logsumexp; cumsum.
 
 use super::*;
+
+pub(super) fn cases() -> Vec<Case> {
+    vec![
+        case("reductions", reductions),
+        case("argmax_argmin_ties", |d| {
+            // First occurrence wins, along either dim.
+            let v = [3.0, 1.0, 3.0, 0.0, 1.0, 1.0, 0.0, 0.0, 2.0, 2.0, 2.0, 2.0];
+            for dt in FLOATS.iter().chain(&INTS).copied() {
+                let x = t(d, &v, (3, 4), dt)?;
+                expect(
+                    &format!("argmax(1) {dt}"),
+                    &x.argmax(1)?,
+                    &[3],
+                    DType::I64,
+                    &[0.0, 0.0, 0.0],
+                    (0.0, 0.0),
+                )?;
+                expect(
+                    &format!("argmin(1) {dt}"),
+                    &x.argmin(1)?,
+                    &[3],
+                    DType::I64,
+                    &[3.0, 2.0, 0.0],
+                    (0.0, 0.0),
+                )?;
+                expect(
+                    &format!("argmax(0) {dt}"),
+                    &x.argmax(0)?,
+                    &[4],
+                    DType::I64,
+                    &[0.0, 2.0, 0.0, 2.0],
+                    (0.0, 0.0),
+                )?;
+                expect(
+                    &format!("argmin(0) {dt}"),
+                    &x.argmin(0)?,
+                    &[4],
+                    DType::I64,
+                    &[1.0, 0.0, 1.0, 0.0],
+                    (0.0, 0.0),
+                )?;
+                expect(
+                    &format!("argmax_keepdim(1) {dt}"),
+                    &x.argmax_keepdim(1)?,
+                    &[3, 1],
+                    DType::I64,
+                    &[0.0, 0.0, 0.0],
+                    (0.0, 0.0),
+                )?;
+                expect(
+                    &format!("argmin_keepdim(0) {dt}"),
+                    &x.argmin_keepdim(0)?,
+                    &[1, 4],
+                    DType::I64,
+                    &[1.0, 0.0, 1.0, 0.0],
+                    (0.0, 0.0),
+                )?;
+                // On a transposed view.
+                expect(
+                    &format!("argmax(0) of transpose {dt}"),
+                    &x.t()?.argmax(0)?,
+                    &[3],
+                    DType::I64,
+                    &[0.0, 0.0, 0.0],
+                    (0.0, 0.0),
+                )?;
+            }
+            Ok(())
+        }),
+        case("var_std", |d| {
+            let v = [1.0, 2.0, 3.0, 4.0, 2.0, 4.0, 4.0, 10.0];
+            for dt in FLOATS {
+                let x = t(d, &v, (2, 4), dt)?;
+                let tl = tol(dt);
+                expect(
+                    &format!("var(1, 1) {dt}"),
+                    &x.var(1, 1)?,
+                    &[2],
+                    dt,
+                    &[5.0 / 3.0, 12.0],
+                    tl,
+                )?;
+                expect(
+                    &format!("var(1, 0) {dt}"),
+                    &x.var(1, 0)?,
+                    &[2],
+                    dt,
+                    &[1.25, 9.0],
+                    tl,
+                )?;
+                expect(
+                    &format!("var_keepdim(0, 1) {dt}"),
+                    &x.var_keepdim(0, 1)?,
+                    &[1, 4],
+                    dt,
+                    &[0.5, 2.0, 0.5, 18.0],
+                    tl,
+                )?;
+                expect(
+                    &format!("var(0, 0) {dt}"),
+                    &x.var(0, 0)?,
+                    &[4],
+                    dt,
+                    &[0.25, 1.0, 0.25, 9.0],
+                    tl,
+                )?;
+                expect(
+                    &format!("std(1, 1) {dt}"),
+                    &x.std(1, 1)?,
+                    &[2],
+                    dt,
+                    &[(5.0f64 / 3.0).sqrt(), 12f64.sqrt()],
+                    tl,
+                )?;
+                expect(
+                    &format!("std_keepdim(1, 0) {dt}"),
+                    &x.std_keepdim(1, 0)?,
+                    &[2, 1],
+                    dt,
+                    &[1.25f64.sqrt(), 3.0],
+                    tl,
+                )?;
+                // Over all dims: mean 3.75, Σ(x−m)² = 53.5.
+                expect(
+                    &format!("var([0, 1], 1) {dt}"),
+                    &x.var([0, 1], 1)?,
+                    &[],
+                    dt,
+                    &[53.5 / 7.0],
+                    tl,
+                )?;
+            }
+            Ok(())
+        }),
+        case("logsumexp", |d| {
+            let inf = f64::INFINITY;
+            let v = [
+                1.0, 2.0, 3.0, -inf, -inf, -inf, -inf, 0.0, 0.0, inf, 0.0, 1.0,
+            ];
+            let want = [
+                3.0 + (1.0 + (-1f64).exp() + (-2f64).exp()).ln(),
+                -inf,
+                2f64.ln(),
+                inf,
+            ];
+            for dt in FLOATS {
+                let x = t(d, &v, (4, 3), dt)?;
+                expect(
+                    &format!("logsumexp(1) {dt}"),
+                    &x.logsumexp(1)?,
+                    &[4],
+                    dt,
+                    &want,
+                    tol(dt),
+                )?;
+                expect(
+                    &format!("logsumexp_keepdim(-1) {dt}"),
+                    &x.logsumexp_keepdim(-1)?,
+                    &[4, 1],
+                    dt,
+                    &want,
+                    tol(dt),
+                )?;
+                let y = t(d, &[0.5, -1.0, 2.0, 0.25], (2, 2), dt)?;
+                let r: f64 = rounded(&[0.5, -1.0, 2.0, 0.25], dt)
+                    .iter()
+                    .map(|v| v.exp())
+                    .sum::<f64>()
+                    .ln();
+                expect(
+                    &format!("logsumexp([0, 1]) {dt}"),
+                    &y.logsumexp([0, 1])?,
+                    &[],
+                    dt,
+                    &[r],
+                    tol(dt),
+                )?;
+            }
+            Ok(())
+        }),
+        case("cumsum", |d| {
+            for dt in FLOATS.iter().chain(&INTS).copied() {
+                let x = t(d, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], (2, 3), dt)?;
+                expect(
+                    &format!("cumsum(1) {dt}"),
+                    &x.cumsum(1)?,
+                    &[2, 3],
+                    dt,
+                    &[1.0, 3.0, 6.0, 4.0, 9.0, 15.0],
+                    (0.0, 0.0),
+                )?;
+                expect(
+                    &format!("cumsum(0) {dt}"),
+                    &x.cumsum(0)?,
+                    &[2, 3],
+                    dt,
+                    &[1.0, 2.0, 3.0, 5.0, 7.0, 9.0],
+                    (0.0, 0.0),
+                )?;
+                expect(
+                    &format!("cumsum(-1) of transpose {dt}"),
+                    &x.t()?.cumsum(-1)?,
+                    &[3, 2],
+                    dt,
+                    &[1.0, 5.0, 2.0, 7.0, 3.0, 9.0],
+                    (0.0, 0.0),
+                )?;
+            }
+            Ok(())
+        }),
+    ]
+}
 
 /// Reduce `v` (row-major, `shape`) over `rdims` with `f`; returns values in keepdim order.
 fn ref_reduce(v: &[f64], shape: &[usize], rdims: &[usize], f: fn(&[f64]) -> f64) -> Vec<f64> {
@@ -27,7 +240,7 @@ fn ref_reduce(v: &[f64], shape: &[usize], rdims: &[usize], f: fn(&[f64]) -> f64)
     groups.iter().map(|g| f(g)).collect()
 }
 
-pub(super) fn reductions(d: &Device) -> Result<()> {
+fn reductions(d: &Device) -> Result<()> {
     // [2, 3, 4] of small non-negative integers (exact in every dtype, sums fit in u8).
     let v: Vec<f64> = (0..24).map(|i| ((i * 7 + 3) % 11) as f64).collect();
     let shape = [2, 3, 4];

@@ -1,6 +1,63 @@
-//! Forward case: scaled-dot-product attention against a naive f64 reference.
+//! Forward cases: softmax and scaled-dot-product attention against f64 references.
 
 use super::*;
+
+pub(super) fn cases() -> Vec<Case> {
+    vec![
+        case("softmax", |d| {
+            let ninf = f64::NEG_INFINITY;
+            let v = [1.0, 2.0, 3.0, 0.0, ninf, 0.0];
+            let s = (-2f64).exp() + (-1f64).exp() + 1.0;
+            let want = [(-2f64).exp() / s, (-1f64).exp() / s, 1.0 / s, 0.5, 0.0, 0.5];
+            let lwant = [
+                -2.0 - s.ln(),
+                -1.0 - s.ln(),
+                -s.ln(),
+                -(2f64.ln()),
+                ninf,
+                -(2f64.ln()),
+            ];
+            for dt in FLOATS {
+                let x = t(d, &v, (2, 3), dt)?;
+                expect(
+                    &format!("softmax(-1) {dt}"),
+                    &x.softmax(-1)?,
+                    &[2, 3],
+                    dt,
+                    &want,
+                    tol(dt),
+                )?;
+                expect(
+                    &format!("log_softmax(-1) {dt}"),
+                    &x.log_softmax(-1)?,
+                    &[2, 3],
+                    dt,
+                    &lwant,
+                    tol(dt),
+                )?;
+                expect(
+                    &format!("softmax(0) of transpose {dt}"),
+                    &x.t()?.softmax(0)?,
+                    &[3, 2],
+                    dt,
+                    &[want[0], want[3], want[1], want[4], want[2], want[5]],
+                    tol(dt),
+                )?;
+            }
+            // Large logits must not overflow.
+            let x = t(d, &[1000.0, 1000.0, -1000.0], 3, DType::F32)?;
+            expect(
+                "softmax of large logits",
+                &x.softmax(0)?,
+                &[3],
+                DType::F32,
+                &[0.5, 0.5, 0.0],
+                (1e-7, 1e-6),
+            )
+        }),
+        case("attention", attention),
+    ]
+}
 
 // ---- attention against a naive reference ------------------------------------------------------
 
@@ -65,7 +122,7 @@ fn naive_attention(
     out
 }
 
-pub(super) fn attention(d: &Device) -> Result<()> {
+fn attention(d: &Device) -> Result<()> {
     struct Cfg {
         name: &'static str,
         sq: [usize; 4],
