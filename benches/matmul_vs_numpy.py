@@ -5,8 +5,8 @@ Builds and runs `matmul_gflops` (cargo run --release -p tensor-benches --bin mat
 with RAYON_NUM_THREADS, and times numpy's `a @ b` with OPENBLAS_NUM_THREADS set to the same
 count, alternating the two per shape so that both see the same machine state. Medians of
 --reps runs after --warmup runs. Other people share this machine: the script waits until the
-1-minute load average is below --max-load before measuring, and prints the load it measured
-under (before and after).
+1-minute load average is below --max-load before each shape, and prints the load it measured
+under (the load average includes this script's own runs, which is why it waits per shape).
 
     python3 benches/matmul_vs_numpy.py                      # f32, 256 … 4096, 2 threads
     python3 benches/matmul_vs_numpy.py --dtype bf16 1024 1x576x1536 16x128x64x128
@@ -128,22 +128,23 @@ def main():
     except ImportError:
         raise SystemExit("numpy is missing: python3 -m pip install numpy")
     exe = build()
-    load_before = wait_for_quiet(args.max_load, args.max_wait)
     rows = []
     for s in args.shapes:
         shape = parse_shape(s)
         reps = args.reps or default_reps(*shape)
+        # Wait before every shape: the load average is what the other users left us.
+        load = wait_for_quiet(args.max_load, args.max_wait)
         g_ours = ours(exe, shape, args.dtype, reps, args.warmup, args.threads)
         g_np = numpy_gflops(shape, args.dtype, reps, args.warmup, args.threads)
-        rows.append((s, g_ours, g_np))
-    load_after = load1()
+        rows.append((s, g_ours, g_np, load))
     np_dtype = "f64" if args.dtype == "f64" else "f32"
-    print(f"matmul, {args.threads} threads, ours {args.dtype} vs numpy {np_dtype}; "
-          f"1-min load {load_before:.2f} before, {load_after:.2f} after (includes this run)")
-    print(f"| {'size':>16} | {'ours GFLOP/s':>12} | {'numpy GFLOP/s':>13} | {'ratio':>5} |")
-    print(f"| {'-' * 16} | {'-' * 12} | {'-' * 13} | {'-' * 5} |")
-    for s, g, n in rows:
-        print(f"| {s:>16} | {g:12.1f} | {n:13.1f} | {g / n:5.2f} |")
+    print(f"matmul, {args.threads} threads, ours {args.dtype} vs numpy {np_dtype} "
+          f"(median of reps after {args.warmup} warm-up runs)")
+    print(f"| {'size':>16} | {'ours GFLOP/s':>12} | {'numpy GFLOP/s':>13} | {'ratio':>5} "
+          f"| {'load before':>11} |")
+    print(f"| {'-' * 16} | {'-' * 12} | {'-' * 13} | {'-' * 5} | {'-' * 11} |")
+    for s, g, n, load in rows:
+        print(f"| {s:>16} | {g:12.1f} | {n:13.1f} | {g / n:5.2f} | {load:11.2f} |")
 
 
 if __name__ == "__main__":

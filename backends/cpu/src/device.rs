@@ -207,6 +207,61 @@ impl BackendDevice for CpuDevice {
     ) -> Result<Storage> {
         conv::fold(s, layout, p, out_spatial).map(boxed)
     }
+
+    // ---- fused ops: the kernels of `fused.rs` instead of the composed defaults ----------------
+    fn softmax_last_dim(&self, x: &tensor_core::Tensor) -> Result<tensor_core::Tensor> {
+        crate::fused::softmax_last_dim(x)
+    }
+    fn log_softmax_last_dim(&self, x: &tensor_core::Tensor) -> Result<tensor_core::Tensor> {
+        crate::fused::log_softmax_last_dim(x)
+    }
+    fn layer_norm(
+        &self,
+        x: &tensor_core::Tensor,
+        weight: Option<&tensor_core::Tensor>,
+        bias: Option<&tensor_core::Tensor>,
+        eps: f64,
+    ) -> Result<tensor_core::Tensor> {
+        crate::fused::layer_norm(x, weight, bias, eps)
+    }
+    fn rms_norm(
+        &self,
+        x: &tensor_core::Tensor,
+        weight: Option<&tensor_core::Tensor>,
+        eps: f64,
+    ) -> Result<tensor_core::Tensor> {
+        crate::fused::rms_norm(x, weight, eps)
+    }
+    fn rope(
+        &self,
+        x: &tensor_core::Tensor,
+        cos: &tensor_core::Tensor,
+        sin: &tensor_core::Tensor,
+        interleaved: bool,
+    ) -> Result<tensor_core::Tensor> {
+        crate::fused::rope(x, cos, sin, interleaved)
+    }
+    fn attention(
+        &self,
+        q: &tensor_core::Tensor,
+        k: &tensor_core::Tensor,
+        v: &tensor_core::Tensor,
+        p: &tensor_core::AttentionParams,
+    ) -> Result<(tensor_core::Tensor, tensor_core::Tensor)> {
+        crate::fused::attention(q, k, v, p)
+    }
+    fn attention_backward(
+        &self,
+        q: &tensor_core::Tensor,
+        k: &tensor_core::Tensor,
+        v: &tensor_core::Tensor,
+        out: &tensor_core::Tensor,
+        lse: &tensor_core::Tensor,
+        grad_out: &tensor_core::Tensor,
+        p: &tensor_core::AttentionParams,
+    ) -> Result<(tensor_core::Tensor, tensor_core::Tensor, tensor_core::Tensor)> {
+        crate::fused::attention_backward(q, k, v, out, lse, grad_out, p)
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ mod conv;
 mod copy;
 mod device;
 mod elementwise;
+mod fused;
 // The matmul helper's packed f32 GEMM, used by `matmul`.
 mod gemm_f32;
 mod index;

@@ -32,12 +32,12 @@ impl BackendStorage for CpuStorage {
 
 /// Downcast a storage handed to the CPU backend; anything else is a device mix-up.
 pub fn cpu(s: &dyn BackendStorage) -> Result<&CpuStorage> {
-    s.as_any().downcast_ref::<CpuStorage>().ok_or_else(|| {
-        tensor_core::Error::Backend {
+    s.as_any()
+        .downcast_ref::<CpuStorage>()
+        .ok_or_else(|| tensor_core::Error::Backend {
             backend: "cpu".into(),
             msg: format!("expected a CPU storage, got {s:?}"),
-        }
-    })
+        })
 }
 
 pub fn cpu_mut(s: &mut dyn BackendStorage) -> Result<&mut CpuStorage> {

@@ -22,11 +22,14 @@ use rayon::prelude::*;
 use tensor_core::{composite, AttentionParams, DType, Result, Tensor, WithDType};
 
 use super::math::{self, dispatch, Float, Io, Kernel, Simd};
-use super::tile::{gemm, AMat, Mat};
+use super::tile::{dot, gemm, AMat, Mat};
 use super::{elems, tensor_of};
 
 /// Query rows per task (summed over the heads of a GQA group).
 const BQ: usize = 64;
+/// Below this many query rows a task computes its scores as dot products (decoding), which
+/// vectorise along the head dim, instead of as a product tiled across the query rows.
+const NARROW: usize = 8;
 /// Keys per block.
 const BK: usize = 64;
 /// Key blocks a split of the key range covers at least.
@@ -116,6 +119,7 @@ struct Scores<'a, T> {
 }
 
 /// Per query row (one column of a transposed score block): what the scores need.
+#[derive(Default)]
 struct Cols<T> {
     /// Absolute position, as the compute type (ALiBi).
     pos: Vec<T>,
@@ -168,13 +172,7 @@ impl<T: Float> Scores<'_, T> {
 
     /// Column data for query rows `(h, i)` of batch `b`.
     fn cols(&self, b: usize, rows: impl Iterator<Item = (usize, usize)>) -> Cols<T> {
-        let mut c = Cols {
-            pos: vec![],
-            slope: vec![],
-            boff: vec![],
-            lo: vec![],
-            hi: vec![],
-        };
+        let mut c = Cols::default();
         for (h, i) in rows {
             let p = self.pos(i);
             let (lo, hi) = self.visible(p, p);
@@ -189,27 +187,28 @@ impl<T: Float> Scores<'_, T> {
     }
 
     /// Add ALiBi and bias to a transposed block of raw scores (`st[j·ld + r]` for key
-    /// `j0 + j`, `j < nv`, and query column `r`), then set masked entries to −inf.
+    /// `j0 + j`, `j < nv`, and query column `r` = row `c0 + r` of `c`, `r < ld`), then set
+    /// masked entries to −inf.
     #[inline(always)]
-    fn finish(&self, c: &Cols<T>, st: &mut [T], ld: usize, j0: usize, nv: usize, masked: bool) {
-        let n = c.pos.len();
+    #[allow(clippy::too_many_arguments)]
+    fn finish(&self, c: &Cols<T>, c0: usize, st: &mut [T], ld: usize, j0: usize, nv: usize, masked: bool) {
+        let cr = c0..c0 + ld;
         for (j, row) in st.chunks_exact_mut(ld).take(nv).enumerate() {
-            let row = &mut row[..n];
             let jj = j0 + j;
             if self.alibi.is_some() {
                 let jf = T::from_f64(jj as f64);
-                for ((x, &s), &p) in row.iter_mut().zip(&c.slope).zip(&c.pos) {
+                for ((x, &s), &p) in row.iter_mut().zip(&c.slope[cr.clone()]).zip(&c.pos[cr.clone()]) {
                     *x += s * (jf - p);
                 }
             }
             if let Some((bd, bv)) = &self.bias {
                 let o = jj * bv.st[3];
-                for (x, &bo) in row.iter_mut().zip(&c.boff) {
+                for (x, &bo) in row.iter_mut().zip(&c.boff[cr.clone()]) {
                     *x += bd[bo + o];
                 }
             }
             if masked {
-                for ((x, &lo), &hi) in row.iter_mut().zip(&c.lo).zip(&c.hi) {
+                for ((x, &lo), &hi) in row.iter_mut().zip(&c.lo[cr.clone()]).zip(&c.hi[cr.clone()]) {
                     if jj < lo || jj >= hi {
                         *x = T::NEG_INF;
                     }
@@ -392,12 +391,18 @@ impl<S: Io> Kernel for FwdTask<'_, '_, S> {
         let Geom { d, dv, g, .. } = sh.geo;
         let (b, nq, i0, hk) = (self.b, self.nq, self.i0, self.hk);
         let n = g * nq;
-        // Scaled queries, transposed: qt[c·n + row].
-        let mut qt = vec![S::T::ZERO; d * n];
+        // Scaled queries as rows (narrow tasks) or transposed, qt[c·n + row].
+        let mut qrows = vec![S::T::ZERO; d * n];
         for row in 0..n {
             let base = sh.qv.row(b, hk * g + row / nq, i0 + row % nq);
             for c in 0..d {
-                qt[c * n + row] = sh.q[base + c * sh.qv.st[3]].load() * sh.scale;
+                qrows[row * d + c] = sh.q[base + c * sh.qv.st[3]].load() * sh.scale;
+            }
+        }
+        let mut qt = vec![S::T::ZERO; if n < NARROW { 0 } else { d * n }];
+        for (row, qr) in qrows.chunks_exact(d.max(1)).enumerate().take(qt.len().min(n)) {
+            for (c, &x) in qr.iter().enumerate() {
+                qt[c * n + row] = x;
             }
         }
         let cols = sh
@@ -415,23 +420,24 @@ impl<S: Io> Kernel for FwdTask<'_, '_, S> {
             let j0 = kb * BK;
             let nv = BK.min(sh.geo.lk - j0);
             let st = &mut st[..nv * n];
-            gemm::<S::T, M>(
-                simd,
-                nv,
-                n,
-                d,
-                AMat {
-                    data: &kd[kv.row(b, hk, j0)..],
+            let kblk = &kd[kv.row(b, hk, j0)..];
+            if n < NARROW {
+                // Sᵀ[j][r] = K[j] · Q[r], both rows contiguous along the head dim.
+                for (j, srow) in st.chunks_exact_mut(n).enumerate() {
+                    for (r, x) in srow.iter_mut().enumerate() {
+                        *x = dot::<S::T, M>(kblk, j * kv.st[2], kv.st[3], &qrows, r * d, 1, d);
+                    }
+                }
+            } else {
+                let ka = AMat {
+                    data: kblk,
                     rs: kv.st[2],
                     cs: kv.st[3],
-                },
-                Mat { data: &qt, ld: n },
-                st,
-                n,
-                false,
-            );
+                };
+                gemm::<S::T, M>(simd, nv, n, d, ka, Mat { data: &qt, ld: n }, st, n, false);
+            }
             let masked = !sh.sc.all_visible(i0, nq, j0, j0 + nv);
-            sh.sc.finish(&cols, st, n, j0, nv, masked);
+            sh.sc.finish(&cols, 0, st, n, j0, nv, masked);
             // Online softmax, down the columns.
             shift.fill(S::T::NEG_INF);
             for row in st.chunks_exact(n) {
@@ -721,6 +727,10 @@ impl<T: Float> Kernel for BwdTask<'_, '_, T> {
         };
         let mut st = vec![T::ZERO; BK * BQ];
         let mut dp = vec![T::ZERO; BK * BQ];
+        // Column data of every query row of the group: row hh·lq + i.
+        let cols = sh
+            .sc
+            .cols(b, (0..g * lq).map(|r| (self.hk * g + r / lq, r % lq)));
         for kb in self.kb0..self.kb1 {
             let j0 = kb * BK;
             let nv = BK.min(lk - j0);
@@ -737,7 +747,6 @@ impl<T: Float> Kernel for BwdTask<'_, '_, T> {
                     if lo >= j0 + nv || hi <= j0 {
                         continue;
                     }
-                    let cols = sh.sc.cols(b, (i0..i0 + m).map(|i| (h, i)));
                     let masked = !sh.sc.all_visible(i0, m, j0, j0 + nv);
                     // Pᵀ = exp(Sᵀ − lse), Sᵀ = K · (Q·scale)ᵀ
                     let st = &mut st[..nv * m];
@@ -751,7 +760,7 @@ impl<T: Float> Kernel for BwdTask<'_, '_, T> {
                         ld: lq,
                     };
                     gemm::<T, M>(simd, nv, m, d, ka, qcols, st, m, false);
-                    sh.sc.finish(&cols, st, m, j0, nv, masked);
+                    sh.sc.finish(&cols, hh * lq + i0, st, m, j0, nv, masked);
                     let lse = &sh.lse[row0 + i0..][..m];
                     for row in st.chunks_exact_mut(m) {
                         for (x, &s) in row.iter_mut().zip(lse) {
@@ -1001,7 +1010,8 @@ mod tests {
         let (q, k, v) = if c.strided {
             (
                 rnd(&[c.b, c.lq, c.hq, c.d], dt, seed, 1.5).transpose(1, 2).unwrap(),
-                rnd(&[c.b, c.lk, c.hkv, c.d], dt, seed + 1, 1.5).transpose(1, 2).unwrap(),
+                // [B, Hkv, D, Lk] viewed as [B, Hkv, Lk, D]: inner stride Lk.
+                rnd(&[c.b, c.hkv, c.d, c.lk], dt, seed + 1, 1.5).transpose(2, 3).unwrap(),
                 // [B, Hkv, Dv, Lk] viewed as [B, Hkv, Lk, Dv]: inner stride Lk.
                 rnd(&[c.b, c.hkv, c.dv, c.lk], dt, seed + 2, 1.0).transpose(2, 3).unwrap(),
             )
@@ -1150,6 +1160,9 @@ mod tests {
         assert!(key_splits(2, 11) > 1);
         check(&c, "decode");
         check(&Case { window: Some(300), alibi: true, ..c.clone() }, "decode window alibi");
+        check(&Case { strided: true, bias: Some(vec![1, 1, 1, 700]), ..c.clone() }, "decode strided bias");
+        // Two query rows per head of a 3-head group: 6 rows, still the dot-product path.
+        check(&Case { causal: true, ..case(2, 3, 1, 2, 520, 12, 8) }, "decode gqa 2 rows");
     }
 
     #[test]

@@ -159,7 +159,7 @@ pub(crate) fn hsum<T: Float>(mut a: [T; 16]) -> T {
 /// is not one long chain of dependent multiply-adds (vectorised when both are contiguous).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn dot<T: Float, M: Simd>(a: &[T], ao: usize, acs: usize, b: &[T], bo: usize, bs: usize, kd: usize) -> T {
+pub(crate) fn dot<T: Float, M: Simd>(a: &[T], ao: usize, acs: usize, b: &[T], bo: usize, bs: usize, kd: usize) -> T {
     let mut acc = [T::ZERO; 16];
     if acs == 1 && bs == 1 {
         let (a, b) = (&a[ao..ao + kd], &b[bo..bo + kd]);
