@@ -259,7 +259,11 @@ impl BackendDevice for CpuDevice {
         lse: &tensor_core::Tensor,
         grad_out: &tensor_core::Tensor,
         p: &tensor_core::AttentionParams,
-    ) -> Result<(tensor_core::Tensor, tensor_core::Tensor, tensor_core::Tensor)> {
+    ) -> Result<(
+        tensor_core::Tensor,
+        tensor_core::Tensor,
+        tensor_core::Tensor,
+    )> {
         crate::fused::attention_backward(q, k, v, out, lse, grad_out, p)
     }
 }

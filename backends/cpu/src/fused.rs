@@ -18,7 +18,9 @@ pub use attention::{attention, attention_backward};
 
 use half::{bf16, f16};
 use rayon::prelude::*;
-use tensor_core::{composite, BackendStorage, DType, Error, Layout, Result, Shape, Tensor, WithDType};
+use tensor_core::{
+    composite, BackendStorage, DType, Error, Layout, Result, Shape, Tensor, WithDType,
+};
 
 use crate::CpuStorage;
 use math::{Float, Io, Kernel, Simd};
@@ -36,7 +38,11 @@ pub(crate) fn elems<'a, S: Io + WithDType>(
     crate::check_layout(s, t.layout(), op)?;
     S::slice_of(&c.data).ok_or_else(|| Error::Backend {
         backend: "cpu".into(),
-        msg: format!("{op}: expected {} storage, got {}", S::DTYPE, c.data.dtype()),
+        msg: format!(
+            "{op}: expected {} storage, got {}",
+            S::DTYPE,
+            c.data.dtype()
+        ),
     })
 }
 
@@ -103,7 +109,7 @@ fn apply_row<T: Float, M: Simd>(op: RowOp<'_, T>, x: &[T], y: &mut [T]) {
         RowOp::LogSoftmax => {
             // As `logsumexp`: an infinite max shifts by 0 instead (no NaN from −inf − −inf).
             let m = math::max_of(x);
-            let shift = if (m - m) == T::ZERO { m } else { T::ZERO };
+            let shift = if m.is_finite() { m } else { T::ZERO };
             let s = math::exp_shift_sum::<T, M>(x, shift, y);
             let lse = s.ln() + shift;
             for (o, &v) in y.iter_mut().zip(x) {
@@ -263,8 +269,8 @@ fn rows_typed<S: Io + WithDType>(
     };
     let mut out = vec![S::default(); x.elem_count()];
     let (bases, n, stride) = row_geometry(x.layout());
-    if n > 0 {
-        let rows_per = (ROW_CHUNK / n).max(1);
+    if let Some(rows_per) = ROW_CHUNK.checked_div(n) {
+        let rows_per = rows_per.max(1);
         out.par_chunks_mut(rows_per * n)
             .zip(bases.par_chunks(rows_per))
             .for_each(|(out, bases)| {
@@ -368,9 +374,17 @@ impl<S: Io> Kernel for Rope<'_, S> {
         let (d, h) = (self.d, self.d / 2);
         let mut xin = Vec::new();
         let mut yout = vec![S::T::ZERO; d];
-        for (r, (&base, out)) in self.bases.iter().zip(self.out.chunks_exact_mut(d)).enumerate() {
+        for (r, (&base, out)) in self
+            .bases
+            .iter()
+            .zip(self.out.chunks_exact_mut(d))
+            .enumerate()
+        {
             let pos = (self.row0 + r) % self.l;
-            let (c, s) = (&self.cos[pos * h..pos * h + h], &self.sin[pos * h..pos * h + h]);
+            let (c, s) = (
+                &self.cos[pos * h..pos * h + h],
+                &self.sin[pos * h..pos * h + h],
+            );
             let direct = if self.stride == 1 {
                 S::native(&self.data[base..base + d])
             } else {
@@ -389,7 +403,9 @@ impl<S: Io> Kernel for Rope<'_, S> {
                 None => &mut yout,
             };
             if self.interleaved {
-                for (((yp, xp), &c), &s) in y.chunks_exact_mut(2).zip(x.chunks_exact(2)).zip(c).zip(s) {
+                for (((yp, xp), &c), &s) in
+                    y.chunks_exact_mut(2).zip(x.chunks_exact(2)).zip(c).zip(s)
+                {
                     yp[0] = xp[0] * c - xp[1] * s;
                     yp[1] = xp[1] * c + xp[0] * s;
                 }
@@ -423,9 +439,9 @@ fn rope_typed<S: Io + WithDType>(
     let dims = x.dims();
     let (l, d) = (dims[2], dims[3]);
     let mut out = vec![S::default(); x.elem_count()];
-    if d > 0 {
+    if let Some(rows_per) = ROW_CHUNK.checked_div(d) {
+        let rows_per = rows_per.max(1);
         let (bases, _, stride) = row_geometry(x.layout());
-        let rows_per = (ROW_CHUNK / d).max(1);
         out.par_chunks_mut(rows_per * d)
             .zip(bases.par_chunks(rows_per))
             .enumerate()
@@ -502,7 +518,10 @@ pub(crate) mod tests {
                 continue;
             }
             let err = (a - b).abs() / (1.0 + b.abs());
-            assert!(err <= tol, "{what}[{i}]: {a} vs {b} (err {err:e}, tol {tol:e})");
+            assert!(
+                err <= tol,
+                "{what}[{i}]: {a} vs {b} (err {err:e}, tol {tol:e})"
+            );
         }
     }
 
@@ -531,7 +550,12 @@ pub(crate) mod tests {
         for dt in FLOATS {
             for dims in [vec![3, 5, 37], vec![4, 1024], vec![1, 1], vec![2, 0, 3]] {
                 let x = rnd(&dims, dt, 1, 4.0);
-                assert_close(&softmax_last_dim(&x).unwrap(), &composite::softmax_last_dim(&x).unwrap(), tol(dt), "softmax");
+                assert_close(
+                    &softmax_last_dim(&x).unwrap(),
+                    &composite::softmax_last_dim(&x).unwrap(),
+                    tol(dt),
+                    "softmax",
+                );
                 assert_close(
                     &log_softmax_last_dim(&x).unwrap(),
                     &composite::log_softmax_last_dim(&x).unwrap(),
@@ -541,7 +565,12 @@ pub(crate) mod tests {
             }
             let x = strided(&[2, 7, 19], dt, 2);
             assert!(!x.is_contiguous());
-            assert_close(&softmax_last_dim(&x).unwrap(), &composite::softmax_last_dim(&x).unwrap(), tol(dt), "softmax strided");
+            assert_close(
+                &softmax_last_dim(&x).unwrap(),
+                &composite::softmax_last_dim(&x).unwrap(),
+                tol(dt),
+                "softmax strided",
+            );
             assert_close(
                 &log_softmax_last_dim(&x).unwrap(),
                 &composite::log_softmax_last_dim(&x).unwrap(),
@@ -561,7 +590,12 @@ pub(crate) mod tests {
             &dev(),
         )
         .unwrap();
-        assert_close(&softmax_last_dim(&x).unwrap(), &composite::softmax_last_dim(&x).unwrap(), 1e-6, "softmax inf");
+        assert_close(
+            &softmax_last_dim(&x).unwrap(),
+            &composite::softmax_last_dim(&x).unwrap(),
+            1e-6,
+            "softmax inf",
+        );
         assert_close(
             &log_softmax_last_dim(&x).unwrap(),
             &composite::log_softmax_last_dim(&x).unwrap(),
@@ -578,7 +612,12 @@ pub(crate) mod tests {
                 let x = rnd(&dims, dt, seed, 2.0).affine(1.0, 0.3).unwrap();
                 let w = rnd(&[d], dt, seed + 10, 1.0);
                 let b = rnd(&[d], dt, seed + 20, 1.0);
-                for (wo, bo) in [(None, None), (Some(&w), None), (None, Some(&b)), (Some(&w), Some(&b))] {
+                for (wo, bo) in [
+                    (None, None),
+                    (Some(&w), None),
+                    (None, Some(&b)),
+                    (Some(&w), Some(&b)),
+                ] {
                     assert_close(
                         &layer_norm(&x, wo, bo, 1e-5).unwrap(),
                         &composite::layer_norm(&x, wo, bo, 1e-5).unwrap(),
@@ -587,13 +626,26 @@ pub(crate) mod tests {
                     );
                 }
                 for wo in [None, Some(&w)] {
-                    assert_close(&rms_norm(&x, wo, 1e-6).unwrap(), &composite::rms_norm(&x, wo, 1e-6).unwrap(), tol(dt), "rms_norm");
+                    assert_close(
+                        &rms_norm(&x, wo, 1e-6).unwrap(),
+                        &composite::rms_norm(&x, wo, 1e-6).unwrap(),
+                        tol(dt),
+                        "rms_norm",
+                    );
                 }
             }
             // Strided input and a strided (broadcast-free) weight view.
             let x = strided(&[3, 6, 21], dt, 6);
-            let w = rnd(&[2, 21], dt, 7, 1.0).narrow(0, 1, 1).unwrap().squeeze(0).unwrap();
-            let wt = rnd(&[21, 2], dt, 8, 1.0).narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
+            let w = rnd(&[2, 21], dt, 7, 1.0)
+                .narrow(0, 1, 1)
+                .unwrap()
+                .squeeze(0)
+                .unwrap();
+            let wt = rnd(&[21, 2], dt, 8, 1.0)
+                .narrow(1, 0, 1)
+                .unwrap()
+                .squeeze(1)
+                .unwrap();
             assert!(!wt.is_contiguous());
             assert_close(
                 &layer_norm(&x, Some(&wt), Some(&w), 1e-5).unwrap(),
@@ -601,7 +653,12 @@ pub(crate) mod tests {
                 tol(dt),
                 "layer_norm strided",
             );
-            assert_close(&rms_norm(&x, Some(&wt), 1e-5).unwrap(), &composite::rms_norm(&x, Some(&wt), 1e-5).unwrap(), tol(dt), "rms_norm strided");
+            assert_close(
+                &rms_norm(&x, Some(&wt), 1e-5).unwrap(),
+                &composite::rms_norm(&x, Some(&wt), 1e-5).unwrap(),
+                tol(dt),
+                "rms_norm strided",
+            );
         }
     }
 

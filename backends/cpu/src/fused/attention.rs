@@ -191,13 +191,26 @@ impl<T: Float> Scores<'_, T> {
     /// masked entries to −inf.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn finish(&self, c: &Cols<T>, c0: usize, st: &mut [T], ld: usize, j0: usize, nv: usize, masked: bool) {
+    fn finish(
+        &self,
+        c: &Cols<T>,
+        c0: usize,
+        st: &mut [T],
+        ld: usize,
+        j0: usize,
+        nv: usize,
+        masked: bool,
+    ) {
         let cr = c0..c0 + ld;
         for (j, row) in st.chunks_exact_mut(ld).take(nv).enumerate() {
             let jj = j0 + j;
             if self.alibi.is_some() {
                 let jf = T::from_f64(jj as f64);
-                for ((x, &s), &p) in row.iter_mut().zip(&c.slope[cr.clone()]).zip(&c.pos[cr.clone()]) {
+                for ((x, &s), &p) in row
+                    .iter_mut()
+                    .zip(&c.slope[cr.clone()])
+                    .zip(&c.pos[cr.clone()])
+                {
                     *x += s * (jf - p);
                 }
             }
@@ -208,7 +221,8 @@ impl<T: Float> Scores<'_, T> {
                 }
             }
             if masked {
-                for ((x, &lo), &hi) in row.iter_mut().zip(&c.lo[cr.clone()]).zip(&c.hi[cr.clone()]) {
+                for ((x, &lo), &hi) in row.iter_mut().zip(&c.lo[cr.clone()]).zip(&c.hi[cr.clone()])
+                {
                     if jj < lo || jj >= hi {
                         *x = T::NEG_INF;
                     }
@@ -230,11 +244,14 @@ fn as_compute<S: Io>(data: &[S], off: usize, end: usize) -> (Cow<'_, [S::T]>, us
     }
 }
 
+/// A bias in the compute type, with its rank-4 view.
+type BiasData<'a, T> = Option<(Cow<'a, [T]>, View4)>;
+
 /// The bias as the compute type with its rank-4 view.
 fn bias_of<'a, S: Io + WithDType>(
     p: &AttentionParams,
     g: Option<&'a dyn tensor_core::BackendStorage>,
-) -> Result<Option<(Cow<'a, [S::T]>, View4)>> {
+) -> Result<BiasData<'a, S::T>> {
     match (&p.bias, g) {
         (Some(b), Some(g)) => {
             let data = elems::<S>(g, b, "attention")?;
@@ -315,7 +332,12 @@ fn pack_transposed<S: Io>(x: &[S], xv: View4, dims: [usize; 4], scale: S::T) -> 
 
 /// A view usable in place as rows of the compute type (`S` native, inner stride 1), or a
 /// packed contiguous copy.
-fn rows_of<'a, S: Io>(x: &'a [S], xv: View4, dims: [usize; 4], need_unit: bool) -> (Cow<'a, [S::T]>, View4) {
+fn rows_of<'a, S: Io>(
+    x: &'a [S],
+    xv: View4,
+    dims: [usize; 4],
+    need_unit: bool,
+) -> (Cow<'a, [S::T]>, View4) {
     match S::native(x) {
         Some(n) if !need_unit || xv.st[3] == 1 || dims[3] <= 1 => (Cow::Borrowed(n), xv),
         _ => (
@@ -400,7 +422,11 @@ impl<S: Io> Kernel for FwdTask<'_, '_, S> {
             }
         }
         let mut qt = vec![S::T::ZERO; if n < NARROW { 0 } else { d * n }];
-        for (row, qr) in qrows.chunks_exact(d.max(1)).enumerate().take(qt.len().min(n)) {
+        for (row, qr) in qrows
+            .chunks_exact(d.max(1))
+            .enumerate()
+            .take(qt.len().min(n))
+        {
             for (c, &x) in qr.iter().enumerate() {
                 qt[c * n + row] = x;
             }
@@ -448,7 +474,11 @@ impl<S: Io> Kernel for FwdTask<'_, '_, S> {
             for (((m, sf), a), li) in mx.iter_mut().zip(&mut shift).zip(&mut alpha).zip(&mut l) {
                 let m_new = m.max(*sf);
                 // Nothing visible yet: shift by 0 so that exp(−inf − shift) is 0, not NaN.
-                *sf = if m_new == S::T::NEG_INF { S::T::ZERO } else { m_new };
+                *sf = if m_new == S::T::NEG_INF {
+                    S::T::ZERO
+                } else {
+                    m_new
+                };
                 *a = (*m - *sf).exp::<M>();
                 *m = m_new;
                 *li = *li * *a;
@@ -510,12 +540,27 @@ fn attention_typed<S: Io + WithDType>(
     let (gq, gk, gv) = (q.storage(), k.storage(), v.storage());
     let gb = p.bias.as_ref().map(|t| t.storage());
     let qd = elems::<S>(&**gq, q, "attention")?;
-    let (kc, kv) = rows_of(elems::<S>(&**gk, k, "attention")?, View4::of(k), [b, hkv, lk, d], false);
-    let (vc, vv) = rows_of(elems::<S>(&**gv, v, "attention")?, View4::of(v), [b, hkv, lk, dv], true);
+    let (kc, kv) = rows_of(
+        elems::<S>(&**gk, k, "attention")?,
+        View4::of(k),
+        [b, hkv, lk, d],
+        false,
+    );
+    let (vc, vv) = rows_of(
+        elems::<S>(&**gv, v, "attention")?,
+        View4::of(v),
+        [b, hkv, lk, dv],
+        true,
+    );
     let bias = bias_of::<S>(p, gb.as_ref().map(|g| &***g))?;
     let sh = FwdShared::<S> {
         geo,
-        sc: scores_of(p, geo, alibi_of::<S>(p)?, bias.as_ref().map(|(c, v)| (&c[..], *v))),
+        sc: scores_of(
+            p,
+            geo,
+            alibi_of::<S>(p)?,
+            bias.as_ref().map(|(c, v)| (&c[..], *v)),
+        ),
         scale: S::T::from_f64(p.scale),
         q: qd,
         qv: View4::of(q),
@@ -644,8 +689,7 @@ fn shapes_ok(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> bool {
         && k.dims()[3] == q.dims()[3]
         && p.window != Some(0)
         && (!p.causal || q.dims()[2] <= k.dims()[2])
-        && p
-            .alibi_slopes
+        && p.alibi_slopes
             .as_ref()
             .is_none_or(|s| s.dims() == [q.dims()[1]] && same(s))
         && p.bias.as_ref().is_none_or(|b| {
@@ -725,8 +769,8 @@ impl<T: Float> Kernel for BwdTask<'_, '_, T> {
             dv: vec![T::ZERO; (j_hi - j_lo) * dv],
             dq: vec![T::ZERO; g * lq * d],
         };
-        let mut st = vec![T::ZERO; BK * BQ];
-        let mut dp = vec![T::ZERO; BK * BQ];
+        let mut st = [T::ZERO; BK * BQ];
+        let mut dp = [T::ZERO; BK * BQ];
         // Column data of every query row of the group: row hh·lq + i.
         let cols = sh
             .sc
@@ -856,7 +900,11 @@ fn attention_backward_typed<S: Io + WithDType>(
         let mut qs = pack_rows(qd, qv, [b, hq, lq, d]);
         math::scale(&mut qs, scale);
         let go = pack_rows(gd, gv_, [b, hq, lq, dv]);
-        let o = pack_rows(elems::<S>(&**go_, out, op)?, View4::of(out), [b, hq, lq, dv]);
+        let o = pack_rows(
+            elems::<S>(&**go_, out, op)?,
+            View4::of(out),
+            [b, hq, lq, dv],
+        );
         let dsum: Vec<S::T> = if dv == 0 {
             vec![S::T::ZERO; b * hq * lq]
         } else {
@@ -867,11 +915,16 @@ fn attention_backward_typed<S: Io + WithDType>(
         };
         let lsev: Vec<S::T> = super::gather(elems::<S>(&**gl, lse, op)?, lse.layout())
             .into_iter()
-            .map(|x| if (x - x) == S::T::ZERO { x } else { S::T::ZERO })
+            .map(|x| if x.is_finite() { x } else { S::T::ZERO })
             .collect();
         BwdShared {
             geo,
-            sc: scores_of(p, geo, alibi_of::<S>(p)?, bias.as_ref().map(|(c, v)| (&c[..], *v))),
+            sc: scores_of(
+                p,
+                geo,
+                alibi_of::<S>(p)?,
+                bias.as_ref().map(|(c, v)| (&c[..], *v)),
+            ),
             qt: pack_transposed(qd, qv, [b, hq, lq, d], scale),
             qs,
             got: pack_transposed(gd, gv_, [b, hq, lq, dv], S::T::ONE),
@@ -1009,11 +1062,17 @@ mod tests {
     fn inputs(c: &Case, dt: DType, seed: u64) -> Inputs {
         let (q, k, v) = if c.strided {
             (
-                rnd(&[c.b, c.lq, c.hq, c.d], dt, seed, 1.5).transpose(1, 2).unwrap(),
+                rnd(&[c.b, c.lq, c.hq, c.d], dt, seed, 1.5)
+                    .transpose(1, 2)
+                    .unwrap(),
                 // [B, Hkv, D, Lk] viewed as [B, Hkv, Lk, D]: inner stride Lk.
-                rnd(&[c.b, c.hkv, c.d, c.lk], dt, seed + 1, 1.5).transpose(2, 3).unwrap(),
+                rnd(&[c.b, c.hkv, c.d, c.lk], dt, seed + 1, 1.5)
+                    .transpose(2, 3)
+                    .unwrap(),
                 // [B, Hkv, Dv, Lk] viewed as [B, Hkv, Lk, Dv]: inner stride Lk.
-                rnd(&[c.b, c.hkv, c.dv, c.lk], dt, seed + 2, 1.0).transpose(2, 3).unwrap(),
+                rnd(&[c.b, c.hkv, c.dv, c.lk], dt, seed + 2, 1.0)
+                    .transpose(2, 3)
+                    .unwrap(),
             )
         } else {
             (
@@ -1083,7 +1142,10 @@ mod tests {
     }
 
     fn check(c: &Case, what: &str) {
-        for (n, dt) in [DType::F32, DType::F64, DType::F16, DType::BF16].into_iter().enumerate() {
+        for (n, dt) in [DType::F32, DType::F64, DType::F16, DType::BF16]
+            .into_iter()
+            .enumerate()
+        {
             let i = inputs(c, dt, 100 + n as u64);
             let ((ro, rl), (rdq, rdk, rdv)) = reference(&i);
             let (o, lse) = attention(&i.q, &i.k, &i.v, &i.p).unwrap();
@@ -1109,35 +1171,102 @@ mod tests {
 
     #[test]
     fn causal_with_kv_cache_alignment() {
-        check(&Case { causal: true, ..case(1, 4, 2, 37, 150, 16, 16) }, "causal lq<lk");
-        check(&Case { causal: true, ..case(2, 2, 1, 130, 130, 8, 12) }, "causal square");
+        check(
+            &Case {
+                causal: true,
+                ..case(1, 4, 2, 37, 150, 16, 16)
+            },
+            "causal lq<lk",
+        );
+        check(
+            &Case {
+                causal: true,
+                ..case(2, 2, 1, 130, 130, 8, 12)
+            },
+            "causal square",
+        );
     }
 
     #[test]
     fn sliding_window() {
-        check(&Case { window: Some(9), ..case(1, 2, 2, 70, 90, 8, 8) }, "window");
-        check(&Case { window: Some(20), causal: true, ..case(1, 2, 1, 100, 100, 8, 8) }, "window causal");
+        check(
+            &Case {
+                window: Some(9),
+                ..case(1, 2, 2, 70, 90, 8, 8)
+            },
+            "window",
+        );
+        check(
+            &Case {
+                window: Some(20),
+                causal: true,
+                ..case(1, 2, 1, 100, 100, 8, 8)
+            },
+            "window causal",
+        );
         // More queries than keys (negative positions), non-causal.
-        check(&Case { window: Some(4), ..case(1, 1, 1, 12, 5, 4, 4) }, "window lq>lk");
+        check(
+            &Case {
+                window: Some(4),
+                ..case(1, 1, 1, 12, 5, 4, 4)
+            },
+            "window lq>lk",
+        );
     }
 
     #[test]
     fn alibi_and_broadcast_bias() {
-        check(&Case { alibi: true, causal: true, ..case(1, 4, 2, 33, 80, 8, 8) }, "alibi");
+        check(
+            &Case {
+                alibi: true,
+                causal: true,
+                ..case(1, 4, 2, 33, 80, 8, 8)
+            },
+            "alibi",
+        );
         // Padding mask [B, 1, 1, Lk].
-        check(&Case { bias: Some(vec![2, 1, 1, 75]), ..case(2, 2, 1, 20, 75, 8, 8) }, "bias b11k");
+        check(
+            &Case {
+                bias: Some(vec![2, 1, 1, 75]),
+                ..case(2, 2, 1, 20, 75, 8, 8)
+            },
+            "bias b11k",
+        );
         // [Lq, Lk] (rank 2, with a fully masked first row) plus ALiBi.
-        check(&Case { bias: Some(vec![20, 75]), alibi: true, ..case(2, 2, 2, 20, 75, 8, 8) }, "bias qk");
+        check(
+            &Case {
+                bias: Some(vec![20, 75]),
+                alibi: true,
+                ..case(2, 2, 2, 20, 75, 8, 8)
+            },
+            "bias qk",
+        );
         // Per head, broadcast over queries.
-        check(&Case { bias: Some(vec![1, 4, 1, 66]), causal: true, ..case(1, 4, 2, 10, 66, 8, 8) }, "bias 1h1k");
+        check(
+            &Case {
+                bias: Some(vec![1, 4, 1, 66]),
+                causal: true,
+                ..case(1, 4, 2, 10, 66, 8, 8)
+            },
+            "bias 1h1k",
+        );
         // Full [B, Hq, Lq, Lk] with fully-masked rows.
-        check(&Case { bias: Some(vec![1, 2, 9, 70]), ..case(1, 2, 1, 9, 70, 8, 8) }, "bias full");
+        check(
+            &Case {
+                bias: Some(vec![1, 2, 9, 70]),
+                ..case(1, 2, 1, 9, 70, 8, 8)
+            },
+            "bias full",
+        );
     }
 
     #[test]
     fn fully_masked_rows_give_zero_and_neg_inf() {
         // Window 1 non-causal with Lq > Lk: queries before position 0 see no key at all.
-        let c = Case { window: Some(1), ..case(1, 1, 1, 8, 3, 4, 4) };
+        let c = Case {
+            window: Some(1),
+            ..case(1, 1, 1, 8, 3, 4, 4)
+        };
         check(&c, "masked rows");
         let i = inputs(&c, DType::F32, 1);
         let (o, lse) = attention(&i.q, &i.k, &i.v, &i.p).unwrap();
@@ -1149,20 +1278,57 @@ mod tests {
 
     #[test]
     fn strided_inputs() {
-        check(&Case { strided: true, causal: true, ..case(2, 4, 2, 30, 70, 16, 8) }, "strided");
-        check(&Case { strided: true, bias: Some(vec![2, 1, 30, 1]), ..case(2, 2, 2, 30, 70, 8, 8) }, "strided bias");
+        check(
+            &Case {
+                strided: true,
+                causal: true,
+                ..case(2, 4, 2, 30, 70, 16, 8)
+            },
+            "strided",
+        );
+        check(
+            &Case {
+                strided: true,
+                bias: Some(vec![2, 1, 30, 1]),
+                ..case(2, 2, 2, 30, 70, 8, 8)
+            },
+            "strided bias",
+        );
     }
 
     #[test]
     fn decode_with_split_keys() {
         // One query per head against a long cache: few tasks, so the key range is split.
-        let c = Case { causal: true, ..case(1, 4, 2, 1, 700, 16, 16) };
+        let c = Case {
+            causal: true,
+            ..case(1, 4, 2, 1, 700, 16, 16)
+        };
         assert!(key_splits(2, 11) > 1);
         check(&c, "decode");
-        check(&Case { window: Some(300), alibi: true, ..c.clone() }, "decode window alibi");
-        check(&Case { strided: true, bias: Some(vec![1, 1, 1, 700]), ..c.clone() }, "decode strided bias");
+        check(
+            &Case {
+                window: Some(300),
+                alibi: true,
+                ..c.clone()
+            },
+            "decode window alibi",
+        );
+        check(
+            &Case {
+                strided: true,
+                bias: Some(vec![1, 1, 1, 700]),
+                ..c.clone()
+            },
+            "decode strided bias",
+        );
         // Two query rows per head of a 3-head group: 6 rows, still the dot-product path.
-        check(&Case { causal: true, ..case(2, 3, 1, 2, 520, 12, 8) }, "decode gqa 2 rows");
+        check(
+            &Case {
+                causal: true,
+                ..case(2, 3, 1, 2, 520, 12, 8)
+            },
+            "decode gqa 2 rows",
+        );
     }
 
     #[test]

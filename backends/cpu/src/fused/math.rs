@@ -1,10 +1,12 @@
-//! Scalar building blocks of the fused kernels: the [`Float`] compute types (f32, f64) with an
-//! exp that LLVM can vectorise, the [`Io`] storage types read and written through them, and
-//! the run-time choice of instruction set ([`dispatch`]).
+//! Building blocks of the fused kernels: the [`Float`] compute types (f32, f64) with an exp
+//! that LLVM can vectorise, the [`Io`] storage types read and written through them, the
+//! vectorised row reductions, and the run-time choice of instruction set ([`dispatch`]).
 //!
-//! The kernels are plain generic Rust written so that it auto-vectorises; [`dispatch`] runs a
-//! kernel body inside a `#[target_feature]` function, so the same source is compiled once for
-//! AVX-512, once for AVX2+FMA and once for the baseline target, and the CPU picks at run time.
+//! Kernels are generic Rust written so that it auto-vectorises; [`dispatch`] runs a kernel
+//! body inside a `#[target_feature]` function with a [`Simd`] token, so the same source is
+//! compiled for AVX-512, for AVX2+FMA and for the baseline target, and the CPU picks at run
+//! time (never `target-cpu=native`). Only the register tiles of small products are written
+//! with intrinsics (`tile::x86`), reached through the token.
 
 use std::ops::{Add, AddAssign, Div, Mul, Sub};
 use std::sync::OnceLock;
@@ -30,6 +32,7 @@ pub(crate) trait Float:
     const ONE: Self;
     const NEG_INF: Self;
     fn from_f64(v: f64) -> Self;
+    fn is_finite(self) -> bool;
     fn sqrt(self) -> Self;
     fn ln(self) -> Self;
     /// `exp` as branch-free arithmetic (see [`exp_f32`], [`exp_f64`]), so loops over it
@@ -71,6 +74,10 @@ impl Float for f32 {
         v as f32
     }
     #[inline(always)]
+    fn is_finite(self) -> bool {
+        f32::is_finite(self)
+    }
+    #[inline(always)]
     fn sqrt(self) -> Self {
         f32::sqrt(self)
     }
@@ -107,6 +114,10 @@ impl Float for f64 {
     #[inline(always)]
     fn from_f64(v: f64) -> Self {
         v
+    }
+    #[inline(always)]
+    fn is_finite(self) -> bool {
+        f64::is_finite(self)
     }
     #[inline(always)]
     fn sqrt(self) -> Self {
@@ -153,18 +164,21 @@ pub(crate) fn exp_f32<M: Simd>(x: f32) -> f32 {
     const HI: f32 = 89.0;
     // 1.5·2^23: adding it rounds to an integer held in the low mantissa bits.
     const MAGIC: f32 = 12_582_912.0;
-    let xc = if x < LO {
-        LO
-    } else if x > HI {
-        HI
-    } else {
-        x
-    };
+    // NaN passes through clamp (and on to the result).
+    let xc = x.clamp(LO, HI);
     let t = xc * LOG2E + MAGIC;
     let n = t - MAGIC;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     let mut p = 1.0 / 5040.0;
-    for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+    for c in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
         p = M::madd(p, r, c);
     }
     // n as an integer, straight from the bits of t (|n| ≤ 151 < 2^22).
@@ -182,8 +196,8 @@ pub(crate) fn exp_f32<M: Simd>(x: f32) -> f32 {
 pub(crate) fn exp_f64<M: Simd>(x: f64) -> f64 {
     const LOG2E: f64 = std::f64::consts::LOG2_E;
     // fdlibm's split: LN2_HI has 32 trailing zero bits, so n·LN2_HI is exact.
-    const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-1;
-    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+    const LN2_HI: f64 = 6.931_471_803_691_238e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
     const LO: f64 = -746.0;
     const HI: f64 = 710.0;
     // 1.5·2^52.
@@ -203,13 +217,8 @@ pub(crate) fn exp_f64<M: Simd>(x: f64) -> f64 {
         1.0 / 6.0,
         0.5,
     ];
-    let xc = if x < LO {
-        LO
-    } else if x > HI {
-        HI
-    } else {
-        x
-    };
+    // NaN passes through clamp (and on to the result).
+    let xc = x.clamp(LO, HI);
     let t = xc * LOG2E + MAGIC;
     let n = t - MAGIC;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
@@ -299,7 +308,6 @@ impl Simd for Avx2 {
     }
 }
 
-
 #[cfg(target_arch = "x86_64")]
 impl Simd for Avx512 {
     const VBYTES: usize = 64;
@@ -314,7 +322,6 @@ impl Simd for Avx512 {
         unsafe { T::tile_avx512::<R, W>(t) }
     }
 }
-
 
 /// A kernel body that [`dispatch`] compiles per instruction set. `run` must be
 /// `#[inline(always)]` (and so must what it calls in hot loops) so that it is compiled inside
@@ -345,9 +352,7 @@ impl Isa {
                     && std::arch::is_x86_feature_detected!("fma")
             }
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => {
-                Isa::Avx2.supported() && std::arch::is_x86_feature_detected!("avx512f")
-            }
+            Isa::Avx512 => Isa::Avx2.supported() && std::arch::is_x86_feature_detected!("avx512f"),
         }
     }
 
@@ -399,7 +404,10 @@ pub(crate) fn dispatch_on<K: Kernel>(isa: Isa, k: K) -> K::Out {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
-            assert!(isa.supported(), "avx512 kernel requested on a CPU without it");
+            assert!(
+                isa.supported(),
+                "avx512 kernel requested on a CPU without it"
+            );
             // SAFETY: checked just above that the CPU has avx512f, avx2 and fma.
             unsafe { run_avx512(k) }
         }
@@ -570,8 +578,18 @@ mod tests {
     /// Relative error against the correctly rounded (to f64) `exp`, on every instruction set.
     #[test]
     fn exp_matches_std_f32() {
-        let mut xs: Vec<f32> = (0..273_000).map(|i| -110.0 + i as f32 * 0.000_731).collect();
-        xs.extend([f32::NEG_INFINITY, f32::INFINITY, f32::NAN, 0.0, 88.72, 88.73, -87.5]);
+        let mut xs: Vec<f32> = (0..273_000)
+            .map(|i| -110.0 + i as f32 * 0.000_731)
+            .collect();
+        xs.extend([
+            f32::NEG_INFINITY,
+            f32::INFINITY,
+            f32::NAN,
+            0.0,
+            88.72,
+            88.73,
+            -87.5,
+        ]);
         for (isa, got) in exp_each_isa(&xs) {
             let mut worst = 0.0f64;
             for (&x, &g) in xs.iter().zip(&got) {
@@ -584,7 +602,10 @@ mod tests {
                     worst = worst.max(((g - want) / want).abs());
                 } else {
                     // Subnormal range: within one subnormal step.
-                    assert!((g - want).abs() <= 1.5e-45, "{isa:?} x = {x}: {g} vs {want}");
+                    assert!(
+                        (g - want).abs() <= 1.5e-45,
+                        "{isa:?} x = {x}: {g} vs {want}"
+                    );
                 }
             }
             assert!(worst < 2.5e-7, "{isa:?}: worst relative error {worst}");
@@ -593,8 +614,17 @@ mod tests {
 
     #[test]
     fn exp_matches_std_f64() {
-        let mut xs: Vec<f64> = (0..1_600_000).map(|i| -750.0 + i as f64 * 0.000_913_7).collect();
-        xs.extend([f64::NEG_INFINITY, f64::INFINITY, f64::NAN, 0.0, 709.78, 709.79]);
+        let mut xs: Vec<f64> = (0..1_600_000)
+            .map(|i| -750.0 + i as f64 * 0.000_913_7)
+            .collect();
+        xs.extend([
+            f64::NEG_INFINITY,
+            f64::INFINITY,
+            f64::NAN,
+            0.0,
+            709.78,
+            709.79,
+        ]);
         for (isa, got) in exp_each_isa(&xs) {
             let mut worst = 0.0f64;
             for (&x, &g) in xs.iter().zip(&got) {
@@ -628,7 +658,9 @@ mod tests {
     #[test]
     fn reductions_match_scalar_on_every_isa() {
         for n in [0usize, 1, 15, 16, 17, 100, 1000] {
-            let x: Vec<f32> = (0..n).map(|i| ((i * 37) % 101) as f32 * 0.05 - 2.5).collect();
+            let x: Vec<f32> = (0..n)
+                .map(|i| ((i * 37) % 101) as f32 * 0.05 - 2.5)
+                .collect();
             let want_max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let want_e: Vec<f64> = x.iter().map(|&v| ((v - 1.5) as f64).exp()).collect();
             let want_sum: f64 = want_e.iter().sum();

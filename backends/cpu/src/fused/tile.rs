@@ -87,9 +87,22 @@ pub(crate) mod x86 {
                 const L: usize = $lanes;
                 let nv = W / L;
                 assert!(W % L == 0 && (1..=4).contains(&nv) && R > 0, "tile shape");
-                let TileArgs { a, a_rs, a_cs, b, ldb, kd, c, ldc, acc } = t;
+                let TileArgs {
+                    a,
+                    a_rs,
+                    a_cs,
+                    b,
+                    ldb,
+                    kd,
+                    c,
+                    ldc,
+                    acc,
+                } = t;
                 if kd > 0 {
-                    assert!(a.len() > (R - 1) * a_rs + (kd - 1) * a_cs, "tile: A too short");
+                    assert!(
+                        a.len() > (R - 1) * a_rs + (kd - 1) * a_cs,
+                        "tile: A too short"
+                    );
                     assert!(b.len() >= (kd - 1) * ldb + W, "tile: B too short");
                 }
                 assert!(c.len() >= (R - 1) * ldc + W, "tile: C too short");
@@ -134,14 +147,54 @@ pub(crate) mod x86 {
         };
     }
 
-    simd_tile!(avx512_f32, "avx512f,avx2,fma", f32, __m512, 16,
-        _mm512_setzero_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps);
-    simd_tile!(avx512_f64, "avx512f,avx2,fma", f64, __m512d, 8,
-        _mm512_setzero_pd, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_set1_pd, _mm512_fmadd_pd);
-    simd_tile!(avx2_f32, "avx2,fma", f32, __m256, 8,
-        _mm256_setzero_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps);
-    simd_tile!(avx2_f64, "avx2,fma", f64, __m256d, 4,
-        _mm256_setzero_pd, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_set1_pd, _mm256_fmadd_pd);
+    simd_tile!(
+        avx512_f32,
+        "avx512f,avx2,fma",
+        f32,
+        __m512,
+        16,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps
+    );
+    simd_tile!(
+        avx512_f64,
+        "avx512f,avx2,fma",
+        f64,
+        __m512d,
+        8,
+        _mm512_setzero_pd,
+        _mm512_loadu_pd,
+        _mm512_storeu_pd,
+        _mm512_set1_pd,
+        _mm512_fmadd_pd
+    );
+    simd_tile!(
+        avx2_f32,
+        "avx2,fma",
+        f32,
+        __m256,
+        8,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_storeu_ps,
+        _mm256_set1_ps,
+        _mm256_fmadd_ps
+    );
+    simd_tile!(
+        avx2_f64,
+        "avx2,fma",
+        f64,
+        __m256d,
+        4,
+        _mm256_setzero_pd,
+        _mm256_loadu_pd,
+        _mm256_storeu_pd,
+        _mm256_set1_pd,
+        _mm256_fmadd_pd
+    );
 }
 
 /// Sum of `LANES` partial results, as a tree (short dependency chains).
@@ -149,7 +202,7 @@ pub(crate) mod x86 {
 pub(crate) fn hsum<T: Float>(mut a: [T; 16]) -> T {
     for w in [8, 4, 2, 1] {
         for l in 0..w {
-            a[l] = a[l] + a[l + w];
+            a[l] += a[l + w];
         }
     }
     a[0]
@@ -159,7 +212,15 @@ pub(crate) fn hsum<T: Float>(mut a: [T; 16]) -> T {
 /// is not one long chain of dependent multiply-adds (vectorised when both are contiguous).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn dot<T: Float, M: Simd>(a: &[T], ao: usize, acs: usize, b: &[T], bo: usize, bs: usize, kd: usize) -> T {
+pub(crate) fn dot<T: Float, M: Simd>(
+    a: &[T],
+    ao: usize,
+    acs: usize,
+    b: &[T],
+    bo: usize,
+    bs: usize,
+    kd: usize,
+) -> T {
     let mut acc = [T::ZERO; 16];
     if acs == 1 && bs == 1 {
         let (a, b) = (&a[ao..ao + kd], &b[bo..bo + kd]);
@@ -385,17 +446,25 @@ mod tests {
             (5, 3, 0),
         ] {
             let (ldb, ldc) = (n + 5, n + 2);
-            let a: Vec<T> = (0..(m + 3) * (k + 3)).map(|i| T::from_f64(val(i))).collect();
+            let a: Vec<T> = (0..(m + 3) * (k + 3))
+                .map(|i| T::from_f64(val(i)))
+                .collect();
             let b: Vec<T> = (0..k * ldb).map(|i| T::from_f64(val(i + 1000))).collect();
             let c0: Vec<T> = (0..m * ldc).map(|i| T::from_f64(val(i + 5000))).collect();
             // A row-major (padded rows), and A transposed (column-major, padded columns).
-            for ((a_rs, a_cs), acc) in [((k + 3, 1), false), ((1, m + 3), true), ((k + 3, 1), true), ((1, m + 3), false)] {
+            for ((a_rs, a_cs), acc) in [
+                ((k + 3, 1), false),
+                ((1, m + 3), true),
+                ((k + 3, 1), true),
+                ((1, m + 3), false),
+            ] {
                 let mut want = c0.clone();
                 for i in 0..m {
                     for j in 0..n {
                         let mut s: f64 = if acc { c0[i * ldc + j].into() } else { 0.0 };
                         for kk in 0..k {
-                            let (x, y): (f64, f64) = (a[i * a_rs + kk * a_cs].into(), b[kk * ldb + j].into());
+                            let (x, y): (f64, f64) =
+                                (a[i * a_rs + kk * a_cs].into(), b[kk * ldb + j].into());
                             s += x * y;
                         }
                         want[i * ldc + j] = T::from_f64(s);
