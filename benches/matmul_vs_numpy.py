@@ -31,7 +31,7 @@ def parse_args():
     p.add_argument("--dtype", default="f32", choices=["f32", "bf16", "f16", "f64"],
                    help="our dtype; numpy always runs f32 (f64 for f64): it has no bf16 GEMM")
     p.add_argument("--reps", type=int, default=0, help="timed runs per shape (default: by size)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=2, help="warm-up runs (and at least 0.25 s)")
     p.add_argument("--max-load", type=float, default=0.5)
     p.add_argument("--max-wait", type=float, default=900, help="seconds to wait for a quiet machine")
     return p.parse_args()
@@ -99,8 +99,11 @@ shape_a = (m, k) if b == 1 else (b, m, k)
 shape_b = (k, n) if b == 1 else (b, k, n)
 x = rng.uniform(-1, 1, shape_a).astype(dt)
 y = rng.uniform(-1, 1, shape_b).astype(dt)
-for _ in range(warmup):
+t0 = time.perf_counter()
+done = 0
+while done < warmup or time.perf_counter() - t0 < 0.25:
     x @ y
+    done += 1
 ts = []
 for _ in range(reps):
     t = time.perf_counter()
@@ -139,7 +142,7 @@ def main():
         rows.append((s, g_ours, g_np, load))
     np_dtype = "f64" if args.dtype == "f64" else "f32"
     print(f"matmul, {args.threads} threads, ours {args.dtype} vs numpy {np_dtype} "
-          f"(median of reps after {args.warmup} warm-up runs)")
+          f"(median of reps after >= {args.warmup} warm-up runs and >= 0.25 s)")
     print(f"| {'size':>16} | {'ours GFLOP/s':>12} | {'numpy GFLOP/s':>13} | {'ratio':>5} "
           f"| {'load before':>11} |")
     print(f"| {'-' * 16} | {'-' * 12} | {'-' * 13} | {'-' * 5} | {'-' * 11} |")

@@ -3,7 +3,8 @@
 //!
 //! Usage: `matmul_gflops [--dtype f32|bf16|f16|f64] [--reps R] [--warmup W] SHAPE…` where a
 //! SHAPE is `N` (square), `MxKxN`, or `BxMxKxN` (a batch of B products). The thread count is
-//! rayon's (set `RAYON_NUM_THREADS`). `benches/matmul_vs_numpy.py` drives it.
+//! rayon's (set `RAYON_NUM_THREADS`). Warm-up lasts at least `W` runs and 0.25 s.
+//! `benches/matmul_vs_numpy.py` drives it.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -54,8 +55,13 @@ fn run(shape: &Shape, dtype: DType, reps: usize, warmup: usize) -> tensor_core::
             Tensor::rand(-1.0, 1.0, (shape.batch, shape.k, shape.n), dtype, &device)?,
         )
     };
-    for _ in 0..warmup {
+    // At least `warmup` runs and a quarter second: the pool's threads, the scratch buffers
+    // and the allocator's free lists all settle during the first few dozen small products.
+    let t0 = Instant::now();
+    let mut done = 0;
+    while done < warmup || t0.elapsed().as_secs_f64() < 0.25 {
         a.matmul(&b)?;
+        done += 1;
     }
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps.max(1) {
