@@ -26,7 +26,7 @@ fixture folder, so the folder always matches this list of cases.
 How to run (from the repository root; torch lives in a separate venv and is never a
 dependency of the repository; CI never runs this script):
 
-    /work/venv/bin/python tools/make_op_fixtures.py
+    $TORCH_PY tools/make_op_fixtures.py    # TORCH_PY: the python of a venv that has torch
 
 Then add or remove the matching entries of ``CASES`` in tensor-core/src/conformance/parity.rs
 (a unit test there checks that both lists agree) and run the parity group of the conformance

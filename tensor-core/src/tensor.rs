@@ -1,7 +1,7 @@
 //! The `Tensor` handle: shared storage + layout + dtype + device, and (only when a tracked
 //! variable is upstream) the op that produced it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use crate::backprop::{self, Op};
@@ -26,6 +26,9 @@ pub(crate) struct TensorInner {
     pub(crate) device: Device,
     pub(crate) op: Option<Op>,
     pub(crate) is_variable: bool,
+    /// For variables: whether results computed from it record their ops (freezing turns it
+    /// off, like `requires_grad_(False)` in PyTorch). Ignored for other tensors.
+    pub(crate) requires_grad: AtomicBool,
 }
 
 /// An n-dimensional array on some device. Cheap to clone (an `Arc`).
@@ -65,6 +68,7 @@ impl Tensor {
             device: device.clone(),
             op,
             is_variable: false,
+            requires_grad: AtomicBool::new(false),
         }))
     }
 
@@ -78,6 +82,7 @@ impl Tensor {
             device: self.0.device.clone(),
             op,
             is_variable: false,
+            requires_grad: AtomicBool::new(false),
         }))
     }
 
@@ -137,7 +142,7 @@ impl Tensor {
     }
     /// True for variables and for results computed from variables with gradients enabled.
     pub fn tracked(&self) -> bool {
-        self.0.is_variable || self.0.op.is_some()
+        (self.0.is_variable && self.0.requires_grad.load(Ordering::Relaxed)) || self.0.op.is_some()
     }
     pub fn is_variable(&self) -> bool {
         self.0.is_variable
@@ -568,6 +573,7 @@ impl Var {
             device: c.0.device.clone(),
             op: None,
             is_variable: true,
+            requires_grad: AtomicBool::new(true),
         }))))
     }
 
@@ -601,6 +607,18 @@ impl Var {
 
     pub fn into_inner(self) -> Tensor {
         self.0
+    }
+
+    /// Whether ops on this variable are recorded for backward (true unless frozen).
+    pub fn requires_grad(&self) -> bool {
+        self.0 .0.requires_grad.load(Ordering::Relaxed)
+    }
+
+    /// Freeze (`false`) or unfreeze (`true`) the variable: a frozen variable is a constant to
+    /// autograd, so graphs built from it afterwards record nothing for it and it gets no
+    /// gradient. Graphs built before the call are unaffected.
+    pub fn set_requires_grad(&self, on: bool) {
+        self.0 .0.requires_grad.store(on, Ordering::Relaxed);
     }
 
     /// Overwrite the values in place (same shape); the variable keeps its identity.
