@@ -468,6 +468,24 @@ pub trait BackendDevice: Send + Sync + std::fmt::Debug {
     fn conv(&self, x: &Tensor, w: &Tensor, p: &ConvParams) -> Result<Tensor> {
         crate::composite::conv(x, w, p)
     }
+    /// One optimizer update, in place: overwrite `param` and the optimizer `state` (see
+    /// [`crate::optim`] for the state each rule takes) from `grad · grad_scale`. `step` is the
+    /// 1-based update count of this parameter. Callers go through [`crate::optim::update`],
+    /// which has validated shapes, dtypes, devices and that no two tensors share storage.
+    /// The default composes tensor ops and allocates temporaries; override it with a fused
+    /// kernel that allocates nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn optim_update(
+        &self,
+        rule: &crate::OptimRule,
+        step: u64,
+        grad_scale: f64,
+        param: &Tensor,
+        grad: &Tensor,
+        state: &[Tensor],
+    ) -> Result<()> {
+        crate::optim::update_composite(rule, step, grad_scale, param, grad, state)
+    }
 }
 
 /// A handle to a backend device. Cheap to clone; compared by name.

@@ -34,6 +34,20 @@ impl Drop for NoGradGuard {
     }
 }
 
+/// While the guard lives, recording is on again even inside `no_grad` or a backward pass
+/// (like `torch.enable_grad()`); activation checkpointing re-runs a block's forward this way.
+pub struct EnableGradGuard(usize);
+
+pub fn enable_grad() -> EnableGradGuard {
+    EnableGradGuard(NO_GRAD_DEPTH.with(|d| d.replace(0)))
+}
+
+impl Drop for EnableGradGuard {
+    fn drop(&mut self) {
+        NO_GRAD_DEPTH.with(|d| d.set(self.0));
+    }
+}
+
 /// A user-defined differentiable op (see `Tensor::apply_custom`).
 pub trait CustomOp: Send + Sync {
     fn name(&self) -> &'static str;

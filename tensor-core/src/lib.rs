@@ -11,6 +11,7 @@ mod error;
 mod layout;
 mod nn_ops;
 mod ops;
+pub mod optim;
 mod random;
 mod shape;
 mod tensor;
@@ -20,11 +21,14 @@ pub use backend::{
     AttentionParams, BackendDevice, BackendStorage, BinaryOp, CmpOp, ConvParams, Device, ReduceOp,
     Storage, UnaryOp, UnfoldParams,
 };
-pub use backprop::{grad_enabled, no_grad, CustomOp, GradStore, NoGradGuard};
+pub use backprop::{
+    enable_grad, grad_enabled, no_grad, CustomOp, EnableGradGuard, GradStore, NoGradGuard,
+};
 pub use dtype::{DType, HostData, WithDType};
 pub use error::{Context, Error, Result};
 pub use layout::Layout;
-pub use random::manual_seed;
+pub use optim::OptimRule;
+pub use random::{manual_seed, rng_state};
 pub use shape::{AllDims, Dim, Dims, Shape};
 pub use tensor::{Tensor, TensorId, Var};
 

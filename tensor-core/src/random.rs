@@ -12,6 +12,12 @@ pub fn manual_seed(seed: u64) {
     STATE.store(seed, Ordering::SeqCst);
 }
 
+/// The generator's current state: `manual_seed(rng_state())` later replays the same random
+/// draws (what activation checkpointing does to recompute dropout masks exactly).
+pub fn rng_state() -> u64 {
+    STATE.load(Ordering::SeqCst)
+}
+
 pub(crate) fn next_seed() -> u64 {
     let mut z = STATE
         .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::SeqCst)

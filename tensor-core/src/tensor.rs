@@ -2,7 +2,7 @@
 //! variable is upstream) the op that produced it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::backprop::{self, Op};
 use crate::{DType, Device, Error, HostData, Layout, Result, Shape, Storage, WithDType};
@@ -154,6 +154,14 @@ impl Tensor {
     pub fn storage(&self) -> RwLockReadGuard<'_, Storage> {
         // A poisoned lock only means a panic happened while writing; the data is still usable.
         self.0.storage.read().unwrap_or_else(|e| e.into_inner())
+    }
+    /// Write access to the backend storage, for backend authors implementing in-place ops
+    /// (optimizer updates). Only this view's positions may be written. Blocks while any other
+    /// guard on the same storage lives, so never hold a guard of a tensor that shares storage
+    /// with this one (see [`crate::optim::shares_storage`]) while taking it.
+    pub fn storage_mut(&self) -> RwLockWriteGuard<'_, Storage> {
+        // As in `storage`: a poisoned lock only means a panic happened while writing.
+        self.0.storage.write().unwrap_or_else(|e| e.into_inner())
     }
     pub(crate) fn same_storage(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.0.storage, &other.0.storage)

@@ -1,2 +1,4 @@
-//! Checkpoint and data formats (safetensors, GGUF, tokenizers, WAV, datasets). Filled by the
-//! loading issue; nothing here yet.
+//! Checkpoint and data formats (safetensors, GGUF, tokenizers, WAV, datasets). Today: small
+//! real data sets and batching; the model formats come with the loading issue.
+
+pub mod datasets;

@@ -266,6 +266,17 @@ impl BackendDevice for CpuDevice {
     )> {
         crate::fused::attention_backward(q, k, v, out, lse, grad_out, p)
     }
+    fn optim_update(
+        &self,
+        rule: &tensor_core::OptimRule,
+        step: u64,
+        grad_scale: f64,
+        param: &tensor_core::Tensor,
+        grad: &tensor_core::Tensor,
+        state: &[tensor_core::Tensor],
+    ) -> Result<()> {
+        crate::optim::optim_update(rule, step, grad_scale, param, grad, state)
+    }
 }
 
 #[cfg(test)]

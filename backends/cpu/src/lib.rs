@@ -15,6 +15,7 @@ mod fused;
 mod gemm_f32;
 mod index;
 mod matmul;
+mod optim;
 mod random;
 mod reduce;
 mod storage;

@@ -44,7 +44,12 @@ impl ConvConfig {
 
     fn check(&self, op: &'static str, cin: usize, cout: usize) -> Result<()> {
         let g = self.groups;
-        if g == 0 || cin % g != 0 || cout % g != 0 || self.stride == 0 || self.dilation == 0 {
+        if g == 0
+            || !cin.is_multiple_of(g)
+            || !cout.is_multiple_of(g)
+            || self.stride == 0
+            || self.dilation == 0
+        {
             return Err(Error::invalid(
                 op,
                 format!(

@@ -72,7 +72,7 @@ pub struct GroupNorm {
 
 impl GroupNorm {
     pub fn build(vb: &VarBuilder, groups: usize, channels: usize, eps: f64) -> Result<GroupNorm> {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             return Err(Error::invalid(
                 "GroupNorm",
                 format!("channels {channels} must divide by groups {groups}"),
