@@ -32,8 +32,8 @@ scaling variants, sliding windows, ALiBi with BLOOM's slopes, q/k RMSNorm) for t
 ``nn.MultiheadAttention`` lacks, transformers' ``ROPE_INIT_FUNCTIONS`` and
 ``LlamaRotaryEmbedding`` for the RoPE tables, and transformers' ``LlamaDecoderLayer``,
 ``Qwen3DecoderLayer``, ``BartEncoderLayer`` and ``BartDecoderLayer`` (eager attention) for
-the blocks; their RMSNorm is patched to stay in float64 (transformers computes it in float32
-whatever the input dtype, the same formula). The float64 RoPE frequencies the hand-written reference and the decoder layers
+the blocks; the Llama/Qwen3 RMSNorm and eager-attention softmax are patched to stay in
+float64 (transformers computes both in float32 whatever the input dtype; same formulas). The float64 RoPE frequencies the hand-written reference and the decoder layers
 use are checked here against transformers' float32 ones.
 
 Everything runs in float64 on the CPU, single-threaded, with values drawn from
@@ -63,7 +63,9 @@ import transformers
 from transformers import BartConfig, LlamaConfig, Qwen3Config
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.bart.modeling_bart import BartDecoderLayer, BartEncoderLayer
+from transformers.models.llama import modeling_llama
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
+from transformers.models.qwen3 import modeling_qwen3
 from transformers.models.qwen3.modeling_qwen3 import Qwen3DecoderLayer, Qwen3RMSNorm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -567,8 +569,23 @@ def _rms_norm_in_input_dtype(self, hidden_states):
     return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
 
 
+def _eager_attention_in_input_dtype(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """transformers' Llama/Qwen3 eager attention with the softmax in the input dtype (it
+    computes it in float32); the same formula otherwise."""
+    key_states = repeat_kv(key, module.num_key_value_groups)
+    value_states = repeat_kv(value, module.num_key_value_groups)
+    attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = torch.softmax(attn_weights, dim=-1)
+    attn_output = torch.matmul(attn_weights, value_states).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
 LlamaRMSNorm.forward = _rms_norm_in_input_dtype
 Qwen3RMSNorm.forward = _rms_norm_in_input_dtype
+modeling_llama.eager_attention_forward = _eager_attention_in_input_dtype
+modeling_qwen3.eager_attention_forward = _eager_attention_in_input_dtype
 
 
 def decoder_rope_block(layer_cls, config_cls, qk_norm):

@@ -474,7 +474,6 @@ pub trait BackendDevice: Send + Sync + std::fmt::Debug {
     /// which has validated shapes, dtypes, devices and that no two tensors share storage.
     /// The default composes tensor ops and allocates temporaries; override it with a fused
     /// kernel that allocates nothing.
-    #[allow(clippy::too_many_arguments)]
     fn optim_update(
         &self,
         rule: &crate::OptimRule,

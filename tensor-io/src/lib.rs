@@ -2,3 +2,4 @@
 //! real data sets and batching; the model formats come with the loading issue.
 
 pub mod datasets;
+pub mod text;

@@ -105,7 +105,7 @@ impl AttentionConfig {
             dim,
             num_heads,
             num_kv_heads: num_heads,
-            head_dim: if num_heads > 0 { dim / num_heads } else { 0 },
+            head_dim: dim.checked_div(num_heads).unwrap_or(0),
             kv_dim: None,
             qkv_bias: true,
             out_bias: true,
@@ -128,7 +128,7 @@ impl AttentionConfig {
         theta: f64,
         max_positions: usize,
     ) -> AttentionConfig {
-        let head_dim = if num_heads > 0 { dim / num_heads } else { 0 };
+        let head_dim = dim.checked_div(num_heads).unwrap_or(0);
         AttentionConfig {
             num_kv_heads,
             qkv_bias: false,

@@ -156,7 +156,8 @@ impl SinusoidalPositionalEmbedding {
         dtype: DType,
         device: &Device,
     ) -> Result<SinusoidalPositionalEmbedding> {
-        if dim == 0 || !dim.is_multiple_of(2) || max_positions == 0 || !(base > 0.0) {
+        if dim == 0 || !dim.is_multiple_of(2) || max_positions == 0 || base.is_nan() || base <= 0.0
+        {
             return Err(Error::invalid(
                 "SinusoidalPositionalEmbedding",
                 format!(

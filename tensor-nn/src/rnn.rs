@@ -4,10 +4,13 @@
 //!
 //! Each layer and direction projects the whole sequence's inputs with one matmul
 //! (`x·W_ihᵀ + b`), then loops over time for the recurrent part only, so the per-step work is
-//! one `[B, H]×[H, G·H]` product and a few elementwise ops. Everything is built from tensor
-//! ops, so autograd (backpropagation through time) works on every backend.
+//! one `[B, H]×[H, G·H]` product and a few elementwise ops. The time loop of a layer is one
+//! autograd node (a [`CustomOp`] whose backward is backpropagation through time written with
+//! tensor ops), so training costs O(T) and works on every backend.
 
-use tensor_core::{Error, Result, Tensor};
+use std::sync::Arc;
+
+use tensor_core::{CustomOp, Error, Result, Tensor};
 
 use crate::init::Init;
 use crate::var_builder::VarBuilder;
@@ -203,6 +206,219 @@ fn gru_step(
     n.add(&z.mul(&h.sub(&n)?)?)
 }
 
+// ---- whole-sequence recurrences as single autograd nodes -------------------------------------
+//
+// Composed step by step, backpropagation through time would slice one step out of the
+// projected inputs per step, and every slice's backward pads its gradient to the whole
+// sequence: O(T²) work. The scans below run the recurrence (with the same step functions,
+// untracked) and give back their inputs' gradients by the textbook BPTT rules, with everything
+// that does not depend on the recurrence computed for all steps at once.
+
+/// The step positions in processing order.
+fn steps(t_len: usize, reverse: bool) -> impl Iterator<Item = usize> {
+    (0..t_len).map(move |s| if reverse { t_len - 1 - s } else { s })
+}
+
+/// The state each position started from: `s` shifted by one step along the direction of
+/// processing, with `s0: [B, H]` at the first processed position.
+fn previous(s: &Tensor, s0: &Tensor, reverse: bool) -> Result<Tensor> {
+    let t_len = s.dims()[0];
+    let s0 = s0.unsqueeze(0)?;
+    if t_len == 1 {
+        return Ok(s0);
+    }
+    if reverse {
+        Tensor::cat(&[&s.narrow(0, 1, t_len - 1)?, &s0], 0)
+    } else {
+        Tensor::cat(&[&s0, &s.narrow(0, 0, t_len - 1)?], 0)
+    }
+}
+
+/// `[T, B, H]` rows times `w: [G, H]`ᵀ → `[T, B, G]` (one matmul for every step).
+fn seq_matmul_t(s: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (t, b, h) = (s.dims()[0], s.dims()[1], s.dims()[2]);
+    s.reshape((t * b, h))?
+        .matmul(&w.t()?)?
+        .reshape((t, b, w.dims()[0]))
+}
+
+/// `Σ_t dᵀ_t·s_t` for `d: [T, B, G]`, `s: [T, B, H]` → `[G, H]` (one matmul).
+fn seq_outer(d: &Tensor, s: &Tensor) -> Result<Tensor> {
+    let (t, b) = (d.dims()[0], d.dims()[1]);
+    d.reshape((t * b, d.dims()[2]))?
+        .t()?
+        .matmul(&s.reshape((t * b, s.dims()[2]))?)
+}
+
+fn one_minus(t: &Tensor) -> Result<Tensor> {
+    t.affine(-1.0, 1.0)
+}
+
+fn stack_steps(v: Vec<Option<Tensor>>) -> Result<Tensor> {
+    let v: Vec<Tensor> = v
+        .into_iter()
+        .map(|s| s.expect("every time step was computed"))
+        .collect();
+    Tensor::stack(&v.iter().collect::<Vec<_>>(), 0)
+}
+
+/// One LSTM layer and direction over the sequence: inputs `gx: [T, B, 4H]` (input projection
+/// with both biases), `h0, c0: [B, H]`, `W_hh: [4H, H]`; output `[T, B, 2H]`, the hidden and
+/// cell states of every position side by side.
+struct LstmScan {
+    reverse: bool,
+}
+
+impl CustomOp for LstmScan {
+    fn name(&self) -> &'static str {
+        "lstm_scan"
+    }
+
+    fn forward(&self, inputs: &[Tensor]) -> Result<Tensor> {
+        let (gx, w) = (&inputs[0], &inputs[3]);
+        let hsz = w.dims()[1];
+        let w_t = w.t()?;
+        let (mut h, mut c) = (inputs[1].clone(), inputs[2].clone());
+        let mut out = vec![None; gx.dims()[0]];
+        for t in steps(gx.dims()[0], self.reverse) {
+            (h, c) = lstm_step(&gx.narrow(0, t, 1)?.squeeze(0)?, &h, &c, &w_t, None, hsz)?;
+            out[t] = Some(Tensor::cat(&[&h, &c], 1)?);
+        }
+        stack_steps(out)
+    }
+
+    fn has_backward(&self) -> bool {
+        true
+    }
+
+    fn backward(
+        &self,
+        inputs: &[Tensor],
+        output: &Tensor,
+        grad: &Tensor,
+    ) -> Result<Vec<Option<Tensor>>> {
+        let (gx, h0, c0, w) = (&inputs[0], &inputs[1], &inputs[2], &inputs[3]);
+        let hsz = w.dims()[1];
+        let t_len = gx.dims()[0];
+        let (hs, cs) = (output.narrow(2, 0, hsz)?, output.narrow(2, hsz, hsz)?);
+        let h_prev = previous(&hs, h0, self.reverse)?;
+        let c_prev = previous(&cs, c0, self.reverse)?;
+        // The gates of every step at once.
+        let gates = gx.add(&seq_matmul_t(&h_prev, w)?)?;
+        let gate = |k: usize| gates.narrow(2, k * hsz, hsz);
+        let (i, f) = (gate(0)?.sigmoid()?, gate(1)?.sigmoid()?);
+        let (g, o) = (gate(2)?.tanh()?, gate(3)?.sigmoid()?);
+        let tc = cs.tanh()?;
+        // d(pre-activation)/d(c) for i, f, g; d(pre-activation o)/d(h); dc/dh through h = o·tanh(c).
+        let ki = g.mul(&i)?.mul(&one_minus(&i)?)?;
+        let kf = c_prev.mul(&f)?.mul(&one_minus(&f)?)?;
+        let kg = i.mul(&one_minus(&g.sqr()?)?)?;
+        let ko = tc.mul(&o)?.mul(&one_minus(&o)?)?;
+        let kc = o.mul(&one_minus(&tc.sqr()?)?)?;
+        let (gh, gc) = (grad.narrow(2, 0, hsz)?, grad.narrow(2, hsz, hsz)?);
+        let at = |x: &Tensor, t: usize| x.narrow(0, t, 1)?.squeeze(0);
+        let mut dh_next = h0.zeros_like()?;
+        let mut dc_next = c0.zeros_like()?;
+        let mut dgates = vec![None; t_len];
+        for t in steps(t_len, !self.reverse) {
+            let dh = at(&gh, t)?.add(&dh_next)?;
+            let dc = at(&gc, t)?.add(&dc_next)?.add(&dh.mul(&at(&kc, t)?)?)?;
+            let d = Tensor::cat(
+                &[
+                    &dc.mul(&at(&ki, t)?)?,
+                    &dc.mul(&at(&kf, t)?)?,
+                    &dc.mul(&at(&kg, t)?)?,
+                    &dh.mul(&at(&ko, t)?)?,
+                ],
+                1,
+            )?;
+            dc_next = dc.mul(&at(&f, t)?)?;
+            dh_next = d.matmul(w)?;
+            dgates[t] = Some(d);
+        }
+        let dgates = stack_steps(dgates)?;
+        let dw = seq_outer(&dgates, &h_prev)?;
+        Ok(vec![Some(dgates), Some(dh_next), Some(dc_next), Some(dw)])
+    }
+}
+
+/// One GRU layer and direction over the sequence: inputs `gx: [T, B, 3H]` (input projection
+/// with `b_ih`), `h0: [B, H]`, `W_hh: [3H, H]` and optionally `b_hh: [3H]`; output the hidden
+/// state of every position, `[T, B, H]`.
+struct GruScan {
+    reverse: bool,
+}
+
+impl CustomOp for GruScan {
+    fn name(&self) -> &'static str {
+        "gru_scan"
+    }
+
+    fn forward(&self, inputs: &[Tensor]) -> Result<Tensor> {
+        let (gx, w, b) = (&inputs[0], &inputs[2], inputs.get(3));
+        let hsz = w.dims()[1];
+        let w_t = w.t()?;
+        let mut h = inputs[1].clone();
+        let mut out = vec![None; gx.dims()[0]];
+        for t in steps(gx.dims()[0], self.reverse) {
+            h = gru_step(&gx.narrow(0, t, 1)?.squeeze(0)?, &h, &w_t, b, hsz)?;
+            out[t] = Some(h.clone());
+        }
+        stack_steps(out)
+    }
+
+    fn has_backward(&self) -> bool {
+        true
+    }
+
+    fn backward(
+        &self,
+        inputs: &[Tensor],
+        output: &Tensor,
+        grad: &Tensor,
+    ) -> Result<Vec<Option<Tensor>>> {
+        let (gx, h0, w, b) = (&inputs[0], &inputs[1], &inputs[2], inputs.get(3));
+        let hsz = w.dims()[1];
+        let t_len = gx.dims()[0];
+        let h_prev = previous(output, h0, self.reverse)?;
+        let mut gh = seq_matmul_t(&h_prev, w)?;
+        if let Some(b) = b {
+            gh = gh.add(b)?;
+        }
+        let part = |x: &Tensor, k: usize| x.narrow(2, k * hsz, hsz);
+        let r = part(gx, 0)?.add(&part(&gh, 0)?)?.sigmoid()?;
+        let z = part(gx, 1)?.add(&part(&gh, 1)?)?.sigmoid()?;
+        let n = part(gx, 2)?.add(&r.mul(&part(&gh, 2)?)?)?.tanh()?;
+        // h = n + z·(h_prev − n): the pre-activation gradients per unit of dh.
+        let kn = one_minus(&z)?.mul(&one_minus(&n.sqr()?)?)?;
+        let kz = h_prev.sub(&n)?.mul(&z)?.mul(&one_minus(&z)?)?;
+        let kr = kn.mul(&part(&gh, 2)?)?.mul(&r)?.mul(&one_minus(&r)?)?;
+        let at = |x: &Tensor, t: usize| x.narrow(0, t, 1)?.squeeze(0);
+        let mut dh_next = h0.zeros_like()?;
+        let mut dgx = vec![None; t_len];
+        let mut dgh = vec![None; t_len];
+        for t in steps(t_len, !self.reverse) {
+            let dh = at(grad, t)?.add(&dh_next)?;
+            let (dr, dz, dn) = (
+                dh.mul(&at(&kr, t)?)?,
+                dh.mul(&at(&kz, t)?)?,
+                dh.mul(&at(&kn, t)?)?,
+            );
+            let dhh = Tensor::cat(&[&dr, &dz, &dn.mul(&at(&r, t)?)?], 1)?;
+            dh_next = dh.mul(&at(&z, t)?)?.add(&dhh.matmul(w)?)?;
+            dgx[t] = Some(Tensor::cat(&[&dr, &dz, &dn], 1)?);
+            dgh[t] = Some(dhh);
+        }
+        let dgh = stack_steps(dgh)?;
+        let dw = seq_outer(&dgh, &h_prev)?;
+        let mut grads = vec![Some(stack_steps(dgx)?), Some(dh_next), Some(dw)];
+        if b.is_some() {
+            grads.push(Some(dgh.sum([0usize, 1])?));
+        }
+        Ok(grads)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Lstm,
@@ -366,36 +582,29 @@ impl Stack {
                     batch,
                     self.kind.gates() * hsz,
                 ))?;
-                let w_hh_t = w.weight_hh.t()?;
-                let b_hh = if fold { None } else { w.bias_hh.as_ref() };
-                let mut h = state(h0)?;
-                let mut cell = if self.kind == Kind::Lstm {
-                    Some(state(c0)?)
+                let reverse = d == 1;
+                let h = state(h0)?;
+                // The position of the last step: where the final state is read.
+                let last = if reverse { 0 } else { t_len - 1 };
+                let at_last = |t: &Tensor| t.narrow(0, last, 1)?.squeeze(0);
+                if self.kind == Kind::Lstm {
+                    let c = state(c0)?;
+                    let hc = Tensor::apply_custom(
+                        &[&gx, &h, &c, &w.weight_hh],
+                        Arc::new(LstmScan { reverse }),
+                    )?;
+                    let hs = hc.narrow(2, 0, hsz)?;
+                    h_n.push(at_last(&hs)?);
+                    c_n.push(at_last(&hc.narrow(2, hsz, hsz)?)?);
+                    outs.push(hs);
                 } else {
-                    None
-                };
-                let mut hs: Vec<Option<Tensor>> = vec![None; t_len];
-                for step in 0..t_len {
-                    let t = if d == 0 { step } else { t_len - 1 - step };
-                    let gx_t = gx.narrow(0, t, 1)?.squeeze(0)?;
-                    match &mut cell {
-                        Some(cs) => {
-                            let (hn, cn) = lstm_step(&gx_t, &h, cs, &w_hh_t, b_hh, hsz)?;
-                            h = hn;
-                            *cs = cn;
-                        }
-                        None => h = gru_step(&gx_t, &h, &w_hh_t, b_hh, hsz)?,
+                    let mut ins = vec![&gx, &h, &w.weight_hh];
+                    if let Some(b) = &w.bias_hh {
+                        ins.push(b);
                     }
-                    hs[t] = Some(h.clone());
-                }
-                let hs: Vec<Tensor> = hs
-                    .into_iter()
-                    .map(|s| s.expect("every time step was computed"))
-                    .collect();
-                outs.push(Tensor::stack(&hs.iter().collect::<Vec<_>>(), 0)?);
-                h_n.push(h);
-                if let Some(cs) = cell {
-                    c_n.push(cs);
+                    let hs = Tensor::apply_custom(&ins, Arc::new(GruScan { reverse }))?;
+                    h_n.push(at_last(&hs)?);
+                    outs.push(hs);
                 }
             }
             layer_in = if outs.len() == 1 {
@@ -828,6 +1037,61 @@ mod tests {
         assert_eq!(a.to_f64_vec()?, b.to_f64_vec()?);
         let (c, _) = lstm.forward(&x, None, true)?;
         assert_ne!(a.to_f64_vec()?, c.to_f64_vec()?);
+        Ok(())
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() -> Result<()> {
+        use tensor_core::conformance::gradcheck;
+        let dev = tensor_cpu::device();
+        let cfg = RnnConfig::new(2, 2).num_layers(2).bidirectional(true);
+        for kind in [Kind::Lstm, Kind::Gru] {
+            let map = VarMap::new();
+            Stack::build(&vb(&map), kind, cfg)?;
+            let names: Vec<(String, Vec<usize>)> = map
+                .all_vars()
+                .into_iter()
+                .map(|(k, v)| (k, v.dims().to_vec()))
+                .collect();
+            let mut inputs = vec![
+                gradcheck::input((3, 2, 2), &dev, 1)?,
+                gradcheck::input((4, 2, 2), &dev, 2)?,
+                gradcheck::input((4, 2, 2), &dev, 3)?,
+            ];
+            for (i, (_, shape)) in names.iter().enumerate() {
+                inputs.push(gradcheck::input(shape.clone(), &dev, 10 + i as u64)?);
+            }
+            gradcheck::check_grad(kind.name(), &inputs, |t| {
+                let weights = names
+                    .iter()
+                    .zip(&t[3..])
+                    .map(|((k, _), v)| (k.clone(), v.clone()))
+                    .collect();
+                let vb = VarBuilder::from_tensors(weights, DType::F64, &dev);
+                match kind {
+                    Kind::Lstm => {
+                        let state = LstmState {
+                            h: t[1].clone(),
+                            c: t[2].clone(),
+                        };
+                        let (y, st) = Lstm::build(&vb, cfg)?.forward(&t[0], Some(&state), false)?;
+                        Tensor::cat(
+                            &[
+                                &y.flatten_all()?,
+                                &st.h.flatten_all()?,
+                                &st.c.flatten_all()?,
+                            ],
+                            0,
+                        )
+                    }
+                    Kind::Gru => {
+                        let (y, h) = Gru::build(&vb, cfg)?.forward(&t[0], Some(&t[1]), false)?;
+                        // c0 is unused by a GRU: its gradient must be zero.
+                        Tensor::cat(&[&y.flatten_all()?, &h.flatten_all()?], 0)
+                    }
+                }
+            })?;
+        }
         Ok(())
     }
 }

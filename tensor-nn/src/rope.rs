@@ -203,7 +203,7 @@ impl RopeConfig {
                 self.head_dim
             ));
         }
-        if !(self.theta > 0.0) {
+        if self.theta.is_nan() || self.theta <= 0.0 {
             return err(format!("theta must be positive, got {}", self.theta));
         }
         let positive = |name: &str, x: f64| -> Result<()> {
@@ -506,7 +506,7 @@ impl RopeCache {
     /// context gets tables recomputed for its length `offset + len`, as transformers does
     /// at each forward.
     pub fn cos_sin(&self, offset: usize, len: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
-        let end = offset.checked_add(len).unwrap_or(usize::MAX);
+        let end = offset.saturating_add(len);
         if end > self.max_positions() {
             return Err(Error::invalid(
                 "rope",

@@ -9,7 +9,10 @@
 //! alternatively they are learned parameters trained by a codebook loss (VQ-VAE). The
 //! quantized output passes gradients straight through to the input, and a commitment loss
 //! pulls the input towards its code. Parameter names follow Encodec:
-//! `layers.{i}._codebook.{embed, embed_avg, cluster_size}`.
+//! `layers.{i}._codebook.{embed, embed_avg, cluster_size, inited}`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use tensor_core::{no_grad, AllDims, DType, Error, Result, Tensor};
 
@@ -39,10 +42,18 @@ pub struct VqConfig {
     pub threshold_ema_dead_code: f64,
     /// Scale of the commitment loss `mse(x, q.detach())`.
     pub commitment_weight: f64,
+    /// Initialise the codebook by k-means on the first training batch (Encodec's
+    /// `kmeans_init`; the buffer `inited` records that it happened).
+    pub kmeans_init: bool,
+    pub kmeans_iters: usize,
+    /// The codebook's sub-module name: `_codebook` (Encodec) or `codebook` (Hugging Face
+    /// `EncodecModel`).
+    pub codebook_name: &'static str,
 }
 
 impl VqConfig {
-    /// Encodec's defaults: EMA with decay 0.99, epsilon 1e-5, dead-code threshold 2.
+    /// Encodec's defaults: EMA with decay 0.99, epsilon 1e-5, dead-code threshold 2, k-means
+    /// initialisation (50 iterations) on the first training batch.
     pub fn new(dim: usize, codebook_size: usize) -> VqConfig {
         VqConfig {
             dim,
@@ -53,6 +64,9 @@ impl VqConfig {
             },
             threshold_ema_dead_code: 2.0,
             commitment_weight: 1.0,
+            kmeans_init: true,
+            kmeans_iters: 50,
+            codebook_name: "_codebook",
         }
     }
 
@@ -117,19 +131,25 @@ fn mse(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// One codebook quantizer (Encodec's `VectorQuantization` over a `EuclideanCodebook`) on
 /// channels-last vectors `[..., dim]`. Names: `_codebook.embed` (`[K, dim]`),
-/// `_codebook.cluster_size` (`[K]`) and, with EMA updates, `_codebook.embed_avg` (`[K, dim]`).
+/// `_codebook.cluster_size` (`[K]`), with EMA updates `_codebook.embed_avg` (`[K, dim]`) and
+/// with k-means initialisation `_codebook.inited` (`[1]`).
 #[derive(Clone, Debug)]
 pub struct VectorQuantizer {
     pub embed: Tensor,
     pub cluster_size: Tensor,
     pub embed_avg: Option<Tensor>,
+    pub inited: Option<Tensor>,
+    /// Set once `inited` has been seen non-zero (or there is none), so that training reads the
+    /// buffer back only until the codebook is initialised. The buffer itself is read (not
+    /// cached at build time) so that a checkpoint loaded after building is respected.
+    init_done: Arc<AtomicBool>,
     cfg: VqConfig,
 }
 
 impl VectorQuantizer {
     pub fn build(vb: &VarBuilder, cfg: VqConfig) -> Result<VectorQuantizer> {
         cfg.validate()?;
-        let vb = vb.pp("_codebook");
+        let vb = vb.pp(cfg.codebook_name);
         let (k, d) = (cfg.codebook_size, cfg.dim);
         // Encodec's `uniform_init`: kaiming_uniform_ with its default a = 0.
         let init = Init::KaimingUniform {
@@ -153,10 +173,17 @@ impl VectorQuantizer {
             }
             CodebookUpdate::Learned => (vb.get_with_init((k, d), "embed", init)?, None),
         };
+        let inited = if cfg.kmeans_init {
+            Some(vb.get_buffer(1, "inited", Init::ZEROS, dt)?)
+        } else {
+            None
+        };
         Ok(VectorQuantizer {
+            init_done: Arc::new(AtomicBool::new(inited.is_none())),
             embed,
             cluster_size,
             embed_avg,
+            inited,
             cfg,
         })
     }
@@ -176,13 +203,9 @@ impl VectorQuantizer {
         Ok(())
     }
 
-    /// Nearest codes (i64) of the rows of `x: [N, dim]`, by `|e|² − 2·x·eᵀ` (one matmul).
+    /// Nearest codes (i64) of the rows of `x: [N, dim]`.
     fn nearest(&self, x: &Tensor) -> Result<Tensor> {
-        let _g = no_grad();
-        let e = self.embed.detach();
-        let e2 = e.sqr()?.sum(1)?;
-        let xe = x.detach().matmul(&e.t()?)?;
-        e2.sub(&xe.mul_scalar(2.0)?)?.argmin(1)
+        nearest(x, &self.embed)
     }
 
     /// Code indices (i64) of `x: [..., dim]`, shape `[...]`.
@@ -225,12 +248,62 @@ impl VectorQuantizer {
     /// Codes and code vectors of `x: [N, dim]` (the vectors carry the codebook's gradient
     /// when it is learned), then the training update.
     fn quantize_rows(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
+        if train && x.dims()[0] > 0 && !self.init_done.load(Ordering::Relaxed) {
+            let loaded = match &self.inited {
+                Some(t) => t.to_f64_vec()?[0] != 0.0,
+                None => true,
+            };
+            if loaded {
+                self.init_done.store(true, Ordering::Relaxed);
+            } else {
+                self.kmeans_init(&x.detach())?;
+            }
+        }
         let codes = self.nearest(x)?;
         let q = self.embed.index_select(&codes, 0)?;
         if train && x.dims()[0] > 0 {
             self.update(&x.detach(), &codes)?;
         }
         Ok((q, codes))
+    }
+
+    /// Encodec's `init_embed_`: k-means on the batch `x: [N, dim]` sets the codebook and its
+    /// statistics (`cluster_size` = the cluster sizes, `embed_avg = embed · cluster_size`).
+    fn kmeans_init(&self, x: &Tensor) -> Result<()> {
+        let _g = no_grad();
+        let (k, n, d) = (self.cfg.codebook_size, x.dims()[0], self.cfg.dim);
+        let (dt, dev) = (self.cluster_size.dtype(), x.device());
+        let x = x.to_dtype(dt)?;
+        // Distinct random starting points (a random permutation, drawn on the host once).
+        let r = Tensor::rand(0.0, 1.0, n, DType::F32, dev)?.to_vec::<f32>()?;
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.sort_by(|&a, &b| r[a as usize].total_cmp(&r[b as usize]));
+        let pick: Vec<u32> = (0..k).map(|i| order[i % n]).collect();
+        let mut means = x.index_select(&Tensor::from_vec(pick, k, dev)?, 0)?;
+        let ones = Tensor::ones(n, dt, dev)?;
+        let bins_of = |codes: &Tensor| Tensor::zeros(k, dt, dev)?.index_add(codes, &ones, 0);
+        for _ in 0..self.cfg.kmeans_iters {
+            let codes = nearest(&x, &means)?;
+            let bins = bins_of(&codes)?;
+            let sums = Tensor::zeros((k, d), dt, dev)?.index_add(&codes, &x, 0)?;
+            let new = sums.div(&bins.clamp(1.0, f64::MAX)?.unsqueeze(1)?)?;
+            // An empty cluster keeps its mean.
+            means = bins
+                .eq_scalar(0.0)?
+                .unsqueeze(1)?
+                .where_cond(&means, &new)?;
+        }
+        let bins = bins_of(&nearest(&x, &means)?)?;
+        self.embed.copy_from(&means.to_dtype(self.embed.dtype())?)?;
+        self.cluster_size.copy_from(&bins)?;
+        if let Some(avg) = &self.embed_avg {
+            avg.copy_from(&means.mul(&bins.unsqueeze(1)?)?)?;
+        }
+        if let Some(flag) = &self.inited {
+            flag.copy_from(&flag.ones_like()?)?;
+        }
+        self.init_done.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// EMA update of the statistics (and codebook), then dead-code replacement.
@@ -296,6 +369,16 @@ impl VectorQuantizer {
         }
         Ok(())
     }
+}
+
+/// Nearest rows of `embed: [K, dim]` (i64 indices) to the rows of `x: [N, dim]`, by
+/// `|e|² − 2·x·eᵀ` (one matmul; `|x|²` is the same for every code).
+fn nearest(x: &Tensor, embed: &Tensor) -> Result<Tensor> {
+    let _g = no_grad();
+    let e = embed.detach().to_dtype(x.dtype())?;
+    let e2 = e.sqr()?.sum(1)?;
+    let xe = x.detach().matmul(&e.t()?)?;
+    e2.sub(&xe.mul_scalar(2.0)?)?.argmin(1)
 }
 
 /// Codes must be integers in `[0, codebook_size)`.
@@ -516,9 +599,10 @@ mod tests {
         )
     }
 
-    /// `[B, dim, T]` samples around `centers` fixed points (plus small noise).
+    /// `[B, dim, T]` samples around `centers` fixed points (the same for every seed) plus
+    /// small noise.
     fn clustered(b: usize, dim: usize, t: usize, centers: usize, seed: u64) -> Result<Tensor> {
-        let c = Tensor::randn_seeded(0.0, 2.0, (centers, dim), DType::F32, &dev(), seed)?;
+        let c = Tensor::randn_seeded(0.0, 2.0, (centers, dim), DType::F32, &dev(), 42)?;
         let pick: Vec<u32> = (0..b * t)
             .map(|i| ((i as u64 * 2654435761 + seed) % centers as u64) as u32)
             .collect();
@@ -549,9 +633,11 @@ mod tests {
                 "quantizer.vq.layers.0._codebook.cluster_size",
                 "quantizer.vq.layers.0._codebook.embed",
                 "quantizer.vq.layers.0._codebook.embed_avg",
+                "quantizer.vq.layers.0._codebook.inited",
                 "quantizer.vq.layers.1._codebook.cluster_size",
                 "quantizer.vq.layers.1._codebook.embed",
                 "quantizer.vq.layers.1._codebook.embed_avg",
+                "quantizer.vq.layers.1._codebook.inited",
             ]
         );
         // EMA codebooks are buffers: nothing for an optimizer.
@@ -586,6 +672,7 @@ mod tests {
         let map = VarMap::new();
         let q = rvq(&map, 3, VqConfig::new(4, 8))?;
         let x = clustered(2, 4, 5, 6, 3)?;
+        q.forward_t(&x, true)?; // the k-means initialisation
         for train in [false, true] {
             // The codebooks this call quantizes with (training updates them afterwards).
             let snapshot = ResidualVectorQuantizer::build(
@@ -639,21 +726,54 @@ mod tests {
 
     #[test]
     fn ema_training_reduces_reconstruction_error() -> Result<()> {
-        manual_seed(7);
-        let map = VarMap::new();
-        let mut cfg = VqConfig::new(4, 16);
-        cfg.threshold_ema_dead_code = 0.5;
-        let q = rvq(&map, 2, cfg)?;
-        let test = clustered(4, 4, 16, 12, 100)?;
-        let before = recon_error(&q, &test)?;
-        for step in 0..40 {
-            let x = clustered(4, 4, 16, 12, 100 + 2 * (step % 5) as u64)?;
-            q.forward_t(&x, true)?;
+        // With k-means initialisation, and without (dead-code re-seeding does the work).
+        for kmeans in [true, false] {
+            manual_seed(7);
+            let map = VarMap::new();
+            let mut cfg = VqConfig::new(4, 16);
+            cfg.kmeans_init = kmeans;
+            let q = rvq(&map, 2, cfg)?;
+            let test = clustered(4, 4, 16, 12, 100)?;
+            let before = recon_error(&q, &test)?;
+            for step in 0..40 {
+                let x = clustered(4, 4, 16, 12, 101 + 2 * (step % 5) as u64)?;
+                q.forward_t(&x, true)?;
+            }
+            let after = recon_error(&q, &test)?;
+            // The noise around the centres has variance 0.05² = 0.0025; k-means gets there at
+            // once, re-seeding dead codes more slowly.
+            let bound = if kmeans { 0.0025 } else { 0.05 * before };
+            assert!(
+                after < bound,
+                "kmeans_init {kmeans}: reconstruction error {before} -> {after}"
+            );
         }
-        let after = recon_error(&q, &test)?;
-        assert!(
-            after < 0.1 * before && after < 0.05,
-            "reconstruction error {before} -> {after}"
+        Ok(())
+    }
+
+    #[test]
+    fn kmeans_init_runs_once_and_respects_loaded_checkpoints() -> Result<()> {
+        manual_seed(2);
+        let x = clustered(2, 4, 16, 4, 5)?;
+        let map = VarMap::new();
+        let q = rvq(&map, 1, VqConfig::new(4, 8))?;
+        q.forward_t(&x, true)?;
+        let inited = map.get_var("layers.0._codebook.inited").unwrap();
+        assert_eq!(inited.to_vec::<f32>()?, [1.0]);
+        // A trained state loaded into a freshly built quantizer is not re-initialised.
+        let trained = frozen_copy(&map)?;
+        let map2 = VarMap::new();
+        let q2 = rvq(&map2, 1, VqConfig::new(4, 8))?;
+        map2.load_state_dict(&trained, true)?;
+        let y = clustered(2, 4, 16, 4, 6)?;
+        let before = q2.layers[0].embed.to_vec2::<f32>()?;
+        let out = q2.forward_t(&y, true)?;
+        let want = q.forward_t(&y, false)?;
+        assert_eq!(out.codes.to_vec::<i64>()?, want.codes.to_vec::<i64>()?);
+        assert_ne!(
+            q2.layers[0].embed.to_vec2::<f32>()?,
+            before,
+            "EMA step happened"
         );
         Ok(())
     }
@@ -667,6 +787,7 @@ mod tests {
             epsilon: 0.1,
         };
         cfg.threshold_ema_dead_code = 0.0;
+        cfg.kmeans_init = false;
         let vb = VarBuilder::from_varmap(&map, DType::F64, &dev());
         let vq = VectorQuantizer::build(&vb, cfg)?;
         let embed = [0.0, 0.0, 1.0, 1.0, -1.0, 1.0];
@@ -712,7 +833,9 @@ mod tests {
         manual_seed(3);
         let map = VarMap::new();
         let vb = VarBuilder::from_varmap(&map, DType::F32, &dev());
-        let vq = VectorQuantizer::build(&vb, VqConfig::new(2, 4))?;
+        let mut cfg = VqConfig::new(2, 4);
+        cfg.kmeans_init = false;
+        let vq = VectorQuantizer::build(&vb, cfg)?;
         let embed = [0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 100.0, 100.0];
         let mut sd = HashMap::new();
         let t = |v: &[f64], s: &[usize]| Tensor::from_f64s(v, s.to_vec(), DType::F32, &dev());

@@ -193,8 +193,8 @@ fn rel_err(got: &Tensor, want: &Value) -> Result<f64> {
 }
 
 enum Module {
-    Attention(MultiHeadAttention, Value),
-    Block(TransformerBlock),
+    Attention(Box<MultiHeadAttention>, Value),
+    Block(Box<TransformerBlock>),
 }
 
 /// Build the case's module over fresh variables, load the fixture's parameters, run forward
@@ -207,10 +207,16 @@ fn check_module_case(name: &str, dtype: DType) -> Result<f64> {
     let kind = fx["kind"].as_str().expect("kind");
     let module = match kind {
         "attention" => Module::Attention(
-            MultiHeadAttention::build(&vb, &attention_config(&fx["config"])?)?,
+            Box::new(MultiHeadAttention::build(
+                &vb,
+                &attention_config(&fx["config"])?,
+            )?),
             fx["config"].clone(),
         ),
-        "block" => Module::Block(TransformerBlock::build(&vb, &block_config(&fx["config"])?)?),
+        "block" => Module::Block(Box::new(TransformerBlock::build(
+            &vb,
+            &block_config(&fx["config"])?,
+        )?)),
         other => panic!("{name}: not a module case ({other})"),
     };
     let mut params = HashMap::new();

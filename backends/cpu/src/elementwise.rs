@@ -3,6 +3,7 @@
 //! plain slice loop (auto-vectorised) and otherwise walk innermost runs of the strided views.
 //! f16/bf16 compute through f32.
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tensor_core::{BackendStorage, BinaryOp, CmpOp, DType, Error, HostData, Layout, Result};
@@ -13,6 +14,21 @@ use crate::storage::cpu;
 use crate::{check_layout, check_same_shape, Elem, HalfFloat};
 
 // ---- generic maps over strided views ---------------------------------------------------------
+
+/// A new vector of `n` elements, every one written by `f` (called on disjoint chunks, maybe in
+/// parallel) without zero-filling the buffer first: for large outputs that fill pass costs as
+/// much as the op itself.
+pub(crate) fn fill_uninit<O: Copy + Send>(
+    n: usize,
+    f: impl Fn(usize, &mut [MaybeUninit<O>]) + Sync,
+) -> Vec<O> {
+    let mut out: Vec<O> = Vec::with_capacity(n);
+    fill_chunks(&mut out.spare_capacity_mut()[..n], f);
+    // SAFETY: `fill_chunks` hands every index of `0..n` to exactly one call of `f`, and the
+    // callers' `f` write each element of the chunk they get.
+    unsafe { out.set_len(n) };
+    out
+}
 
 /// `f` applied to every element of a view, into a new contiguous vector.
 pub(crate) fn map1<A, O, F>(a: &[A], al: &Layout, f: F) -> Vec<O>
@@ -25,17 +41,17 @@ where
     if n == 0 {
         return Vec::new();
     }
-    let mut out = vec![O::default(); n];
     if al.is_contiguous() {
+        // Collecting writes straight into the new buffer: no zero-fill pass first.
         let src = &a[al.offset()..al.offset() + n];
-        fill_chunks(&mut out, |start, o| {
+        return fill_uninit(n, |start, o| {
             let end = start + o.len();
             for (o, &x) in o.iter_mut().zip(&src[start..end]) {
-                *o = f(x);
+                o.write(f(x));
             }
         });
-        return out;
     }
+    let mut out = vec![O::default(); n];
     let w = Walker::from_layouts([al]);
     let [s] = w.inner_strides();
     fill_chunks(&mut out, |start, chunk| {
@@ -71,20 +87,19 @@ where
     if n == 0 {
         return Vec::new();
     }
-    let mut out = vec![O::default(); n];
     if al.is_contiguous() && bl.is_contiguous() {
         let (xa, xb) = (
             &a[al.offset()..al.offset() + n],
             &b[bl.offset()..bl.offset() + n],
         );
-        fill_chunks(&mut out, |start, o| {
+        return fill_uninit(n, |start, o| {
             let end = start + o.len();
             for ((o, &x), &y) in o.iter_mut().zip(&xa[start..end]).zip(&xb[start..end]) {
-                *o = f(x, y);
+                o.write(f(x, y));
             }
         });
-        return out;
     }
+    let mut out = vec![O::default(); n];
     let w = Walker::from_layouts([al, bl]);
     let [sa, sb] = w.inner_strides();
     fill_chunks(&mut out, |start, chunk| {

@@ -31,14 +31,21 @@ pub(crate) fn optim_update(
     }
     let fast = matches!(param.dtype(), DType::F32 | DType::F64)
         && param.is_contiguous()
-        && grad.is_contiguous()
         && state.iter().all(|s| s.is_contiguous());
     if !fast {
         return optim::update_composite(rule, step, grad_scale, param, grad, state);
     }
+    // Weight gradients often arrive as transposed views (the backward of `x·Wᵀ`); one
+    // contiguous copy of the gradient keeps the update fused and in place.
+    let grad = if grad.is_contiguous() {
+        grad.clone()
+    } else {
+        let _g = tensor_core::no_grad();
+        grad.detach().contiguous()?
+    };
     match param.dtype() {
-        DType::F32 => run::<f32>(rule, step, grad_scale, param, grad, state),
-        _ => run::<f64>(rule, step, grad_scale, param, grad, state),
+        DType::F32 => run::<f32>(rule, step, grad_scale, param, &grad, state),
+        _ => run::<f64>(rule, step, grad_scale, param, &grad, state),
     }
 }
 
@@ -680,6 +687,33 @@ mod tests {
         optim_update(&rule, 1, 1.0, &v, &g, std::slice::from_ref(&m)).unwrap();
         assert_eq!(v.to_vec::<f64>().unwrap(), vec![0.9, -1.1]);
         assert!(v.is_variable());
+    }
+
+    #[test]
+    fn transposed_gradient_takes_the_fused_path_correctly() {
+        let rule = OptimRule::Adam {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            decoupled: true,
+            amsgrad: false,
+            maximize: false,
+        };
+        let base = noise(12, 5);
+        let gt = tensor(&noise(12, 6), &[3, 4], DType::F32);
+        let g = gt.t().unwrap();
+        let state = || -> Vec<Tensor> {
+            (0..2)
+                .map(|_| Tensor::zeros((4, 3), DType::F32, &dev()).unwrap())
+                .collect()
+        };
+        let p1 = tensor(&base, &[4, 3], DType::F32);
+        optim_update(&rule, 1, 1.0, &p1, &g, &state()).unwrap();
+        let p2 = tensor(&base, &[4, 3], DType::F32);
+        optim::update_composite(&rule, 1, 1.0, &p2, &g.contiguous().unwrap(), &state()).unwrap();
+        close(&p1.to_f64_vec().unwrap(), &p2.to_f64_vec().unwrap(), 1e-6).unwrap();
     }
 
     #[test]
