@@ -32,4 +32,23 @@ step "train_mlp example (300 steps)"
 cargo run --release -p tensor-examples --example train_mlp -- --steps 300 ||
     die "the train_mlp example exited with an error"
 
+# The real-data examples: a CNN on scikit-learn's digits (fetched on first use) must reach
+# the 97% test accuracy, also when interrupted and resumed from its checkpoint; the
+# transformer LM must train a few steps on the fortunes corpus and sample.
+RUNS=target/test-runs
+rm -rf "$RUNS"
+step "train_digits example (interrupted at epoch 20, then resumed)"
+cargo run --release -q -p tensor-examples --example train_digits -- --out "$RUNS/digits" --stop-after 20 ||
+    die "train_digits (first half) exited with an error"
+LAST=$(cargo run --release -q -p tensor-examples --example train_digits -- --out "$RUNS/digits" --resume | tee /dev/stderr | tail -n 1)
+ACC=${LAST#test_accuracy: }
+[[ "$LAST" == test_accuracy:* ]] || die "train_digits did not end with 'test_accuracy: <value>' (got '$LAST')"
+python3 -c "import sys; sys.exit(0 if float('$ACC') >= 0.97 else 1)" ||
+    die "train_digits reached test accuracy $ACC < 0.97"
+[[ -s "$RUNS/digits/digits.png" ]] || die "train_digits wrote no plot"
+
+step "train_lm example (30 steps, with activation checkpointing)"
+cargo run --release -q -p tensor-examples --example train_lm -- --steps 30 --sample 80 --checkpoint-activations ||
+    die "the train_lm example exited with an error"
+
 step "all tests passed"
