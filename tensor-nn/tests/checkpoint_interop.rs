@@ -12,7 +12,9 @@ use tensor_nn::{
 };
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/checkpoint").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/checkpoint")
+        .join(name)
 }
 
 fn tensor(v: &serde_json::Value, dev: &tensor_core::Device) -> Result<Tensor> {
