@@ -249,6 +249,16 @@ pub struct AttentionParams {
     pub bias: Option<Tensor>,
 }
 
+/// Options of the fused softmax cross-entropy over class indices
+/// ([`Tensor::softmax_cross_entropy`](crate::Tensor::softmax_cross_entropy)).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CrossEntropyParams {
+    /// Rows whose target equals this get loss 0 and no gradient.
+    pub ignore_index: Option<i64>,
+    /// Label smoothing ε in [0, 1]: the target distribution is `(1 − ε)·onehot + ε / C`.
+    pub label_smoothing: f64,
+}
+
 /// Convolution geometry, one entry per spatial dim.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConvParams {
@@ -433,6 +443,52 @@ pub trait BackendDevice: Send + Sync + std::fmt::Debug {
     }
     fn rms_norm(&self, x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Tensor> {
         crate::composite::rms_norm(x, weight, eps)
+    }
+    /// Gradients of [`BackendDevice::rms_norm`] with respect to `x` and (if given) `weight`,
+    /// for the output gradient `grad` (shape of `x`).
+    fn rms_norm_backward(
+        &self,
+        x: &Tensor,
+        weight: Option<&Tensor>,
+        grad: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        crate::composite::rms_norm_backward(x, weight, grad, eps)
+    }
+    /// `silu(gate) · up` (the SwiGLU hidden activation); both of one shape.
+    fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        crate::composite::silu_mul(gate, up)
+    }
+    /// Gradients of [`BackendDevice::silu_mul`] with respect to `gate` and `up`.
+    fn silu_mul_backward(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        crate::composite::silu_mul_backward(gate, up, grad)
+    }
+    /// Per-row softmax cross-entropy of `logits: [N, C]` against class indices
+    /// `targets: [N]` (I64, each in `0..C` or the ignore index): `[N]` losses in the logits'
+    /// dtype, 0 on ignored rows.
+    fn cross_entropy(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        p: &CrossEntropyParams,
+    ) -> Result<Tensor> {
+        crate::composite::cross_entropy(logits, targets, p)
+    }
+    /// Gradient of [`BackendDevice::cross_entropy`] with respect to the logits, for the
+    /// per-row output gradient `grad: [N]`.
+    fn cross_entropy_backward(
+        &self,
+        logits: &Tensor,
+        targets: &Tensor,
+        grad: &Tensor,
+        p: &CrossEntropyParams,
+    ) -> Result<Tensor> {
+        crate::composite::cross_entropy_backward(logits, targets, grad, p)
     }
     /// `x: [B, H, L, D]`, `cos, sin: [L, D/2]`.
     fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {

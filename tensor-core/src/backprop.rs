@@ -8,7 +8,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::{
-    AttentionParams, BinaryOp, Error, ReduceOp, Result, Tensor, TensorId, UnaryOp, UnfoldParams,
+    AttentionParams, BinaryOp, CrossEntropyParams, Error, ReduceOp, Result, Tensor, TensorId,
+    UnaryOp, UnfoldParams,
 };
 
 thread_local! {
@@ -107,6 +108,19 @@ pub(crate) enum Op {
         lse: Tensor,
         params: AttentionParams,
     },
+    /// Fused RMS norm: input, optional weight, eps.
+    RmsNorm(Tensor, Option<Tensor>, f64),
+    /// Fused rotary embedding of `x` with constant (untracked) `cos`, `sin`.
+    Rope {
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        interleaved: bool,
+    },
+    /// `silu(gate) · up`.
+    SiluMul(Tensor, Tensor),
+    /// Per-row softmax cross-entropy of logits against class indices (not differentiated).
+    CrossEntropy(Tensor, Tensor, CrossEntropyParams),
     Custom(Vec<Tensor>, Arc<dyn CustomOp>),
 }
 
@@ -128,8 +142,14 @@ impl Op {
             | Op::Unfold(a, _)
             | Op::Fold(a, _)
             | Op::Softmax(a)
-            | Op::LogSoftmax(a) => vec![a],
-            Op::Binary(a, b, _) | Op::Matmul(a, b) => vec![a, b],
+            | Op::LogSoftmax(a)
+            | Op::Rope { x: a, .. }
+            | Op::CrossEntropy(a, _, _)
+            | Op::RmsNorm(a, None, _) => vec![a],
+            Op::Binary(a, b, _)
+            | Op::Matmul(a, b)
+            | Op::SiluMul(a, b)
+            | Op::RmsNorm(a, Some(b), _) => vec![a, b],
             Op::WhereCond(_, t, f) => vec![t, f],
             Op::ScatterAdd(d, _, s, _) | Op::IndexAdd(d, _, s, _) => vec![d, s],
             Op::Cat(ts, _) | Op::Custom(ts, _) => ts.iter().collect(),
@@ -529,6 +549,41 @@ fn backward_op(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<(Tensor, Tensor)
                 .backend()
                 .attention_backward(q, k, v, out, lse, g, params)?;
             vec![(q.clone(), gq), (k.clone(), gk), (v.clone(), gv)]
+        }
+        Op::RmsNorm(x, w, eps) => {
+            let (gx, gw) = x
+                .device()
+                .backend()
+                .rms_norm_backward(x, w.as_ref(), g, *eps)?;
+            let mut out = vec![(x.clone(), gx)];
+            if let (Some(w), Some(gw)) = (w, gw) {
+                out.push((w.clone(), gw));
+            }
+            out
+        }
+        Op::Rope {
+            x,
+            cos,
+            sin,
+            interleaved,
+        } => {
+            // The rotation's transpose is the rotation by −θ.
+            let gx = x
+                .device()
+                .backend()
+                .rope(g, cos, &sin.neg()?, *interleaved)?;
+            vec![(x.clone(), gx)]
+        }
+        Op::SiluMul(gate, up) => {
+            let (gg, gu) = gate.device().backend().silu_mul_backward(gate, up, g)?;
+            vec![(gate.clone(), gg), (up.clone(), gu)]
+        }
+        Op::CrossEntropy(logits, targets, p) => {
+            let gl = logits
+                .device()
+                .backend()
+                .cross_entropy_backward(logits, targets, g, p)?;
+            vec![(logits.clone(), gl)]
         }
         Op::Custom(inputs, cop) => {
             let detached: Vec<Tensor> = inputs.iter().map(|t| t.detach()).collect();

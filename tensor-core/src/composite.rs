@@ -2,7 +2,9 @@
 //! new backend gets for free, and what autograd differentiates through when a fused op has
 //! no backward rule of its own. Half-precision inputs are computed in f32, as PyTorch does.
 
-use crate::{AttentionParams, ConvParams, DType, Result, Tensor, UnfoldParams};
+use crate::{
+    AttentionParams, ConvParams, CrossEntropyParams, DType, Error, Result, Tensor, UnfoldParams,
+};
 
 /// Run `f` in f32 for half-precision inputs, casting the result back.
 fn in_f32(x: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
@@ -63,6 +65,132 @@ pub fn rms_norm(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Tensor>
             Some(w) => y.mul(w),
             None => Ok(y),
         }
+    })
+}
+
+/// Gradients of [`rms_norm`]: with `x̂ = x·r`, `r = rsqrt(mean(x²) + eps)` and `h = g·w`,
+/// `∂x = r·(h − x̂·mean(h·x̂))` and `∂w = Σ_rows g·x̂`.
+pub fn rms_norm_backward(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    g: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let dt = x.dtype();
+    let f32_of = |t: &Tensor| match t.dtype() {
+        DType::F16 | DType::BF16 => t.to_dtype(DType::F32),
+        _ => Ok(t.clone()),
+    };
+    let (xf, gf, wf) = (f32_of(x)?, f32_of(g)?, upcast(weight)?);
+    let r = xf.sqr()?.mean_keepdim(-1)?.affine(1.0, eps)?.rsqrt()?;
+    let xhat = xf.mul(&r)?;
+    let h = match &wf {
+        Some(w) => gf.mul(w)?,
+        None => gf.clone(),
+    };
+    let dot = h.mul(&xhat)?.mean_keepdim(-1)?;
+    let gx = h.sub(&xhat.mul(&dot)?)?.mul(&r)?.to_dtype(dt)?;
+    let gw = match weight {
+        Some(w) => {
+            let d = x.dim(-1)?;
+            let rows = x.elem_count() / d.max(1);
+            Some(
+                gf.mul(&xhat)?
+                    .reshape((rows, d))?
+                    .sum(0)?
+                    .to_dtype(w.dtype())?,
+            )
+        }
+        None => None,
+    };
+    Ok((gx, gw))
+}
+
+/// `silu(gate) · up`.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    gate.silu()?.mul(up)
+}
+
+/// Gradients of [`silu_mul`]: `∂up = g·silu(gate)`, `∂gate = g·up·σ·(1 + gate·(1 − σ))`.
+pub fn silu_mul_backward(gate: &Tensor, up: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+    let s = gate.sigmoid()?;
+    let gup = g.mul(&gate.mul(&s)?)?;
+    let ds = s.mul(&gate.mul(&s.affine(-1.0, 1.0)?)?.affine(1.0, 1.0)?)?;
+    let ggate = g.mul(up)?.mul(&ds)?;
+    Ok((ggate, gup))
+}
+
+/// Validate class-index targets for `logits: [N, C]`; returns the targets with ignored rows
+/// mapped to class 0, and the `[N]` mask (logits' dtype) of rows that count.
+fn ce_targets(
+    logits: &Tensor,
+    targets: &Tensor,
+    p: &CrossEntropyParams,
+) -> Result<(Tensor, Tensor)> {
+    let c = logits.dim(1)? as i64;
+    let t = targets.to_host()?.to_f64_vec();
+    let mut safe = Vec::with_capacity(t.len());
+    let mut mask = Vec::with_capacity(t.len());
+    for (i, &v) in t.iter().enumerate() {
+        let v = v as i64;
+        if Some(v) == p.ignore_index {
+            safe.push(0i64);
+            mask.push(0.0);
+        } else if (0..c).contains(&v) {
+            safe.push(v);
+            mask.push(1.0);
+        } else {
+            return Err(Error::invalid(
+                "cross_entropy",
+                format!("target class {v} out of range for {c} classes (row {i})"),
+            ));
+        }
+    }
+    let dev = logits.device();
+    let n = t.len();
+    Ok((
+        Tensor::from_vec(safe, n, dev)?,
+        Tensor::from_vec(mask, n, dev)?.to_dtype(logits.dtype())?,
+    ))
+}
+
+/// Per-row softmax cross-entropy: `lse − (1 − ε)·x[t] − ε·mean(x)`, 0 on ignored rows.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor, p: &CrossEntropyParams) -> Result<Tensor> {
+    let (safe, mask) = ce_targets(logits, targets, p)?;
+    let dt = logits.dtype();
+    let loss = in_f32(logits, |x| {
+        let eps = p.label_smoothing;
+        let lse = x.logsumexp_keepdim(-1)?.squeeze(1)?;
+        let xt = x.gather(&safe.unsqueeze(1)?, 1)?.squeeze(1)?;
+        let mut loss = lse.sub(&xt.affine(1.0 - eps, 0.0)?)?;
+        if eps > 0.0 {
+            loss = loss.sub(&x.mean(1)?.affine(eps, 0.0)?)?;
+        }
+        Ok(loss)
+    })?;
+    loss.mul(&mask)?.to_dtype(dt)
+}
+
+/// Gradient of [`cross_entropy`]: `g·(softmax(x) − (1 − ε)·onehot(t) − ε/C)` per row, 0 on
+/// ignored rows.
+pub fn cross_entropy_backward(
+    logits: &Tensor,
+    targets: &Tensor,
+    g: &Tensor,
+    p: &CrossEntropyParams,
+) -> Result<Tensor> {
+    let (safe, mask) = ce_targets(logits, targets, p)?;
+    let (n, c) = (logits.dim(0)?, logits.dim(1)?);
+    in_f32(logits, |x| {
+        let eps = p.label_smoothing;
+        let onehot = x.zeros_like()?.scatter_add(
+            &safe.unsqueeze(1)?,
+            &Tensor::ones((n, 1), x.dtype(), x.device())?,
+            1,
+        )?;
+        let target = onehot.affine(1.0 - eps, eps / c as f64)?;
+        let scale = g.to_dtype(x.dtype())?.mul(&mask.to_dtype(x.dtype())?)?;
+        x.softmax(1)?.sub(&target)?.mul(&scale.unsqueeze(1)?)
     })
 }
 

@@ -18,8 +18,8 @@ mod tensor;
 mod views;
 
 pub use backend::{
-    AttentionParams, BackendDevice, BackendStorage, BinaryOp, CmpOp, ConvParams, Device, ReduceOp,
-    Storage, UnaryOp, UnfoldParams,
+    AttentionParams, BackendDevice, BackendStorage, BinaryOp, CmpOp, ConvParams,
+    CrossEntropyParams, Device, ReduceOp, Storage, UnaryOp, UnfoldParams,
 };
 pub use backprop::{
     enable_grad, grad_enabled, no_grad, CustomOp, EnableGradGuard, GradStore, NoGradGuard,

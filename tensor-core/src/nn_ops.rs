@@ -5,7 +5,8 @@
 use crate::backprop::{grad_enabled, no_grad, record, Op};
 use crate::ops::check_float;
 use crate::{
-    composite, AttentionParams, ConvParams, DType, Dim, Error, Result, Tensor, UnfoldParams,
+    composite, AttentionParams, ConvParams, CrossEntropyParams, DType, Dim, Error, Result, Tensor,
+    UnfoldParams,
 };
 
 fn any_tracked(ts: &[Option<&Tensor>]) -> bool {
@@ -618,11 +619,96 @@ impl Tensor {
             got: self.shape().clone(),
         })?;
         self.check_norm_param("rms_norm", weight, d)?;
-        if any_tracked(&[Some(self), weight]) {
-            composite::rms_norm(self, weight, eps)
-        } else {
-            self.device().backend().rms_norm(self, weight, eps)
+        let out = {
+            let _g = no_grad();
+            self.device().backend().rms_norm(self, weight, eps)?
+        };
+        let mut inputs = vec![self];
+        inputs.extend(weight);
+        Ok(with_op(out, &inputs, || {
+            Op::RmsNorm(self.clone(), weight.cloned(), eps)
+        }))
+    }
+
+    /// `silu(self) · up` — the SwiGLU hidden activation `silu(x·W_gate) · (x·W_up)` — in one
+    /// fused kernel forward and backward. Both operands have one shape and float dtype.
+    pub fn silu_mul(&self, up: &Tensor) -> Result<Tensor> {
+        check_float("silu_mul", self)?;
+        crate::ops::check_same_device("silu_mul", self, up)?;
+        if self.shape() != up.shape() {
+            return Err(Error::ShapeMismatch {
+                op: "silu_mul",
+                lhs: self.shape().clone(),
+                rhs: up.shape().clone(),
+            });
         }
+        if self.dtype() != up.dtype() {
+            return Err(Error::DTypeMismatch {
+                op: "silu_mul",
+                lhs: self.dtype(),
+                rhs: up.dtype(),
+            });
+        }
+        let out = {
+            let _g = no_grad();
+            self.device().backend().silu_mul(self, up)?
+        };
+        Ok(with_op(out, &[self, up], || {
+            Op::SiluMul(self.clone(), up.clone())
+        }))
+    }
+
+    /// Softmax cross-entropy of logits `self: [N, C]` against class indices `targets: [N]`
+    /// (an integer dtype), one loss per row (`[N]`, 0 for rows whose target is the ignore
+    /// index), with optional label smoothing — `torch.nn.functional.cross_entropy` with
+    /// `reduction="none"`. Fused forward and backward: the `[N, C]` log-probabilities are never
+    /// stored. A target outside `0..C` (other than the ignore index) is an error.
+    pub fn softmax_cross_entropy(
+        &self,
+        targets: &Tensor,
+        p: &CrossEntropyParams,
+    ) -> Result<Tensor> {
+        const OP: &str = "softmax_cross_entropy";
+        check_float(OP, self)?;
+        crate::ops::check_same_device(OP, self, targets)?;
+        if self.rank() != 2 || targets.dims() != [self.dims()[0]] {
+            return Err(Error::UnexpectedShape {
+                op: OP,
+                expected: format!(
+                    "logits [N, C] and targets [N]; got logits {:?}",
+                    self.shape()
+                ),
+                got: targets.shape().clone(),
+            });
+        }
+        if targets.dtype().is_float() {
+            return Err(Error::UnsupportedDType {
+                op: OP,
+                dtype: targets.dtype(),
+                expected: "integer class indices",
+            });
+        }
+        if !(0.0..=1.0).contains(&p.label_smoothing) {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "label_smoothing must be in [0, 1], got {}",
+                    p.label_smoothing
+                ),
+            ));
+        }
+        let targets = if targets.dtype() == DType::I64 {
+            targets.detach()
+        } else {
+            targets.to_dtype(DType::I64)?.detach()
+        };
+        let out = {
+            let _g = no_grad();
+            self.device().backend().cross_entropy(self, &targets, p)?
+        };
+        Ok(with_op(out, &[self], || {
+            Op::CrossEntropy(self.clone(), targets.clone(), *p)
+        }))
     }
 
     /// Group norm of `[N, C, *]` with `groups` dividing C; affine params `[C]`.
@@ -822,11 +908,20 @@ impl Tensor {
                 });
             }
         }
-        if any_tracked(&[Some(self), Some(cos), Some(sin)]) {
-            composite::rope(self, cos, sin, interleaved)
-        } else {
-            self.device().backend().rope(self, cos, sin, interleaved)
+        if any_tracked(&[Some(cos), Some(sin)]) {
+            // Learned angles: differentiate through the composition.
+            return composite::rope(self, cos, sin, interleaved);
         }
+        let out = {
+            let _g = no_grad();
+            self.device().backend().rope(self, cos, sin, interleaved)?
+        };
+        Ok(with_op(out, &[self], || Op::Rope {
+            x: self.clone(),
+            cos: cos.detach(),
+            sin: sin.detach(),
+            interleaved,
+        }))
     }
 
     /// Scaled-dot-product attention (see [`AttentionParams`]): `self` is q `[B, Hq, Lq, D]`,

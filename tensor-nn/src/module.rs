@@ -76,6 +76,17 @@ impl Activation {
     }
 }
 
+impl Activation {
+    /// The gated-MLP hidden state `act(gate) · up` (GLU variants: SiLU → SwiGLU, GELU →
+    /// GeGLU, ReLU → ReGLU). SwiGLU runs as one fused op forward and backward.
+    pub fn gated(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::Silu => gate.silu_mul(up),
+            act => act.forward(gate)?.mul(up),
+        }
+    }
+}
+
 impl Module for Activation {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match *self {

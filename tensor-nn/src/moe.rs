@@ -147,8 +147,7 @@ impl Module for Expert {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let h = self
             .activation
-            .forward(&self.gate.forward(xs)?)?
-            .mul(&self.up.forward(xs)?)?;
+            .gated(&self.gate.forward(xs)?, &self.up.forward(xs)?)?;
         self.down.forward(&h)
     }
 }

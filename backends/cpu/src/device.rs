@@ -262,6 +262,47 @@ impl BackendDevice for CpuDevice {
     ) -> Result<tensor_core::Tensor> {
         crate::fused::rms_norm(x, weight, eps)
     }
+    fn rms_norm_backward(
+        &self,
+        x: &tensor_core::Tensor,
+        weight: Option<&tensor_core::Tensor>,
+        grad: &tensor_core::Tensor,
+        eps: f64,
+    ) -> Result<(tensor_core::Tensor, Option<tensor_core::Tensor>)> {
+        crate::fused::rms_norm_backward(x, weight, grad, eps)
+    }
+    fn silu_mul(
+        &self,
+        gate: &tensor_core::Tensor,
+        up: &tensor_core::Tensor,
+    ) -> Result<tensor_core::Tensor> {
+        crate::fused::silu_mul(gate, up)
+    }
+    fn silu_mul_backward(
+        &self,
+        gate: &tensor_core::Tensor,
+        up: &tensor_core::Tensor,
+        grad: &tensor_core::Tensor,
+    ) -> Result<(tensor_core::Tensor, tensor_core::Tensor)> {
+        crate::fused::silu_mul_backward(gate, up, grad)
+    }
+    fn cross_entropy(
+        &self,
+        logits: &tensor_core::Tensor,
+        targets: &tensor_core::Tensor,
+        p: &tensor_core::CrossEntropyParams,
+    ) -> Result<tensor_core::Tensor> {
+        crate::fused::cross_entropy(logits, targets, p)
+    }
+    fn cross_entropy_backward(
+        &self,
+        logits: &tensor_core::Tensor,
+        targets: &tensor_core::Tensor,
+        grad: &tensor_core::Tensor,
+        p: &tensor_core::CrossEntropyParams,
+    ) -> Result<tensor_core::Tensor> {
+        crate::fused::cross_entropy_backward(logits, targets, grad, p)
+    }
     fn rope(
         &self,
         x: &tensor_core::Tensor,

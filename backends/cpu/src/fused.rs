@@ -13,8 +13,12 @@
 mod attention;
 mod math;
 mod tile;
+mod train;
 
 pub use attention::{attention, attention_backward};
+pub use train::{
+    cross_entropy, cross_entropy_backward, rms_norm_backward, silu_mul, silu_mul_backward,
+};
 
 use half::{bf16, f16};
 use rayon::prelude::*;

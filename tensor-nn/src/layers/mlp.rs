@@ -61,9 +61,9 @@ impl Mlp {
 impl Module for Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let h = match (self.kind, &self.gate) {
-            (MlpKind::Gated(act), Some(g)) => act
-                .forward(&g.forward(xs)?)?
-                .mul(&self.first.forward(xs)?)?,
+            (MlpKind::Gated(act), Some(g)) => {
+                act.gated(&g.forward(xs)?, &self.first.forward(xs)?)?
+            }
             (MlpKind::Plain(act), _) | (MlpKind::Gated(act), None) => {
                 act.forward(&self.first.forward(xs)?)?
             }

@@ -119,6 +119,9 @@ pub fn cross_entropy(
     check_class_weight(OP, weight, logits, c)?;
     check_device(OP, logits, target)?;
     if !target.dtype().is_float() {
+        if logits.rank() == 2 && weight.is_none() && target.dims() == [logits.dims()[0]] {
+            return fused_index_cross_entropy(logits, target, opts);
+        }
         let logp = logits.log_softmax(cdim)?;
         return nll(
             OP,
@@ -158,6 +161,40 @@ pub fn cross_entropy(
         prod = prod.mul(&w.reshape(class_shape(logits.rank(), cdim, c))?)?;
     }
     opts.reduction.apply(prod.sum(cdim)?.neg()?)
+}
+
+/// `(N, C)` logits, class-index targets, no class weight: the fused softmax cross-entropy,
+/// which never stores the `(N, C)` log-probabilities (forward or backward).
+fn fused_index_cross_entropy(
+    logits: &Tensor,
+    target: &Tensor,
+    opts: &CrossEntropyOptions,
+) -> Result<Tensor> {
+    if !matches!(target.dtype(), DType::I64 | DType::U32 | DType::U8) {
+        return Err(Error::UnsupportedDType {
+            op: "cross_entropy",
+            dtype: target.dtype(),
+            expected: "integer class indices (i64, u32 or u8)",
+        });
+    }
+    let p = tensor_core::CrossEntropyParams {
+        ignore_index: opts.ignore_index,
+        label_smoothing: opts.label_smoothing,
+    };
+    let loss = logits.softmax_cross_entropy(target, &p)?;
+    match (opts.reduction, opts.ignore_index) {
+        (Reduction::Mean, Some(ig)) => {
+            // Mean over the counted rows (nan when every row is ignored, like torch).
+            // (Compared as i64: a negative ignore index must not match class 0 of u8 targets.)
+            let counted = target
+                .to_dtype(DType::I64)?
+                .ne_scalar(ig as f64)?
+                .to_dtype(loss.dtype())?
+                .sum_all()?;
+            loss.sum_all()?.div(&counted)
+        }
+        (r, _) => r.apply(loss),
+    }
 }
 
 /// Negative log likelihood, like `torch.nn.functional.nll_loss`: each element's loss is

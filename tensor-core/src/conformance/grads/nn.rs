@@ -308,6 +308,36 @@ pub(super) fn cases() -> Vec<Case> {
             }
             Ok(())
         }),
+        case("rope_fixed_angles", |d| {
+            // Untracked angles take the fused kernel, differentiated by the inverse rotation.
+            for interleaved in [false, true] {
+                let x = [input((2, 2, 3, 6), d, 77)?];
+                let cos = det_tensor((3, 3), DType::F64, d, 78)?;
+                let sin = det_tensor((3, 3), DType::F64, d, 79)?;
+                check_grad("rope with constant cos/sin", &x, |xs| {
+                    xs[0].rope(&cos, &sin, interleaved)
+                })?;
+            }
+            Ok(())
+        }),
+        case("silu_mul", |d| {
+            let x = [input((3, 7), d, 80)?, input((3, 7), d, 81)?];
+            check_grad("silu_mul (gate, up)", &x, |xs| xs[0].silu_mul(&xs[1]))
+        }),
+        case("softmax_cross_entropy", |d| {
+            let targets = Tensor::from_vec(vec![2i64, -100, 0, 4], 4, d)?;
+            for smoothing in [0.0, 0.2] {
+                let x = [input((4, 5), d, 82)?];
+                let p = crate::CrossEntropyParams {
+                    ignore_index: Some(-100),
+                    label_smoothing: smoothing,
+                };
+                check_grad("softmax_cross_entropy", &x, |xs| {
+                    xs[0].softmax_cross_entropy(&targets, &p)
+                })?;
+            }
+            Ok(())
+        }),
         case("attention_plain", |d| {
             attention(
                 d,
