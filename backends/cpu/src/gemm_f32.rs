@@ -15,6 +15,7 @@
 //! would triple the traffic).
 
 use std::cell::Cell;
+use std::mem::MaybeUninit;
 
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -162,6 +163,7 @@ impl Isa {
 /// `c[m × n] (row stride n) = a[m × k] · b[k × n]`, on up to `threads` threads.
 ///
 /// Errors (never panics) if a view reaches outside its slice or `c` is too short.
+#[cfg(test)]
 pub(crate) fn sgemm<TA: PackElem, TB: PackElem>(
     m: usize,
     n: usize,
@@ -174,7 +176,22 @@ pub(crate) fn sgemm<TA: PackElem, TB: PackElem>(
     sgemm_with(Isa::detect(), m, n, k, a, b, c, threads)
 }
 
+/// `c[m × n] = a · b` into an uninitialised output: on `Ok`, each of the first `m · n` elements of `c`
+/// has been written (nothing is read from it).
+pub(crate) fn sgemm_uninit<TA: PackElem, TB: PackElem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef<'_, TA>,
+    b: MatRef<'_, TB>,
+    c: &mut [MaybeUninit<f32>],
+    threads: usize,
+) -> Result<(), String> {
+    sgemm_raw(Isa::detect(), m, n, k, a, b, c, threads)
+}
+
 /// [`sgemm`] with an explicit microkernel choice (tests compare the two).
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sgemm_with<TA: PackElem, TB: PackElem>(
     isa: Isa,
@@ -184,6 +201,24 @@ pub(crate) fn sgemm_with<TA: PackElem, TB: PackElem>(
     a: MatRef<'_, TA>,
     b: MatRef<'_, TB>,
     c: &mut [f32],
+    threads: usize,
+) -> Result<(), String> {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and `sgemm_raw` only ever stores
+    // initialised floats through it, so `c` stays initialised.
+    let c = unsafe { &mut *(c as *mut [f32] as *mut [MaybeUninit<f32>]) };
+    sgemm_raw(isa, m, n, k, a, b, c, threads)
+}
+
+/// The body of the sgemm entry points: writes the product into `c` without reading it first.
+#[allow(clippy::too_many_arguments)]
+fn sgemm_raw<TA: PackElem, TB: PackElem>(
+    isa: Isa,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef<'_, TA>,
+    b: MatRef<'_, TB>,
+    c: &mut [MaybeUninit<f32>],
     threads: usize,
 ) -> Result<(), String> {
     let mn = m.checked_mul(n).ok_or("m·n overflows")?;
@@ -198,7 +233,9 @@ pub(crate) fn sgemm_with<TA: PackElem, TB: PackElem>(
         return Ok(());
     }
     if k == 0 {
-        c.fill(0.0);
+        for x in c.iter_mut() {
+            x.write(0.0);
+        }
         return Ok(());
     }
     let macs = mn.saturating_mul(k);
@@ -209,7 +246,7 @@ pub(crate) fn sgemm_with<TA: PackElem, TB: PackElem>(
     };
     if n == 1 && m > 1 {
         // A column output is also a contiguous row: solve Cᵀ = Bᵀ·Aᵀ with one row.
-        return sgemm_with(isa, 1, m, k, b.t(), a.t(), c, threads);
+        return sgemm_raw(isa, 1, m, k, b.t(), a.t(), c, threads);
     }
     if m <= SMALL_M && (b.cs == 1 || b.rs == 1) {
         small_m(isa, m, n, k, a, b, c, threads);
@@ -227,7 +264,7 @@ pub(crate) fn sgemm_with<TA: PackElem, TB: PackElem>(
     };
     // SAFETY: the `fits` checks above guarantee every (i, p) / (p, j) index of the views is in
     // bounds of the slices they were taken from, and `c` holds `m · n` elements.
-    unsafe { packed(isa, m, n, k, a, b, OutPtr(c.as_mut_ptr()), threads) };
+    unsafe { packed(isa, m, n, k, a, b, OutPtr(c.as_mut_ptr().cast()), threads) };
     Ok(())
 }
 
@@ -293,7 +330,15 @@ unsafe fn packed<TA: PackElem, TB: PackElem>(
 ) {
     let panels = n.div_ceil(NR);
     let t = threads.min(panels * m.div_ceil(MR)).max(1);
-    let tm = if m >= t * 4 * MR { t } else { 1 };
+    // Splitting rows makes every thread pack all of B (k·n), splitting columns all of A
+    // (m·k): duplicate the smaller operand, where the split leaves each thread enough work.
+    let rows_ok = m >= t * 4 * MR;
+    let cols_ok = panels >= t * 4;
+    let tm = if rows_ok && (n <= m || !cols_ok) {
+        t
+    } else {
+        1
+    };
     let tn = (t / tm).min(panels).max(1);
     let work = |w: usize| {
         // Capture the Send/Sync wrappers whole, not their raw-pointer fields.
@@ -577,14 +622,16 @@ unsafe fn portable_kernel(
         }
     }
     for (i, row) in acc.iter().enumerate().take(mr) {
-        // SAFETY: row `i < mr` of the tile has `nr` writable floats.
-        let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), nr) };
         if accumulate {
+            // SAFETY: row `i < mr` of the tile has `nr` writable, initialised floats.
+            let dst = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), nr) };
             for (d, &x) in dst.iter_mut().zip(row) {
                 *d += x;
             }
         } else {
-            dst.copy_from_slice(&row[..nr]);
+            // SAFETY: row `i < mr` of the tile has `nr` writable floats (maybe uninitialised:
+            // written, never read).
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), c.add(i * ldc), nr) };
         }
     }
 }
@@ -860,7 +907,7 @@ fn small_m<TA: PackElem, TB: PackElem>(
     k: usize,
     a: MatRef<'_, TA>,
     b: MatRef<'_, TB>,
-    c: &mut [f32],
+    c: &mut [MaybeUninit<f32>],
     threads: usize,
 ) {
     // A is at most SMALL_M × k: gather it into contiguous f32 rows.
@@ -908,7 +955,9 @@ fn small_m<TA: PackElem, TB: PackElem>(
     };
     for (j0, out) in pieces {
         for (i, row) in out.iter().enumerate() {
-            c[i * n + j0..i * n + j0 + row.len()].copy_from_slice(row);
+            for (d, &x) in c[i * n + j0..i * n + j0 + row.len()].iter_mut().zip(row) {
+                d.write(x);
+            }
         }
     }
 }

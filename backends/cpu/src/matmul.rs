@@ -184,14 +184,15 @@ impl Problem {
 
     fn run_f32<T: PackElem>(&self, a: &[T], b: &[T]) -> Result<Vec<f32>> {
         let total = self.items.len() * self.out_len;
-        let mut out = vec![0f32; total];
         if total == 0 {
-            return Ok(out);
+            return Ok(Vec::new());
         }
+        // No zero-fill: every product writes its whole `out_len` chunk.
+        let mut out = crate::storage::uninit_vec::<f32>(total);
         let threads = rayon::current_num_threads();
-        let one = |it: Item, c: &mut [f32], threads: usize| {
+        let one = |it: Item, c: &mut [std::mem::MaybeUninit<f32>], threads: usize| {
             let (av, bv) = self.views(a, b, it);
-            gemm_f32::sgemm(self.m, self.n, self.k, av, bv, c, threads).map_err(backend_err)
+            gemm_f32::sgemm_uninit(self.m, self.n, self.k, av, bv, c, threads).map_err(backend_err)
         };
         if self.batch_parallel(threads) {
             out.par_chunks_mut(self.out_len)
@@ -202,7 +203,9 @@ impl Problem {
                 one(it, c, threads)?;
             }
         }
-        Ok(out)
+        // SAFETY: the chunks of `out_len` cover `out` (total = items · out_len), and each
+        // succeeded `sgemm_uninit` wrote all `m · n = out_len` elements of its chunk.
+        Ok(unsafe { crate::storage::assume_init(out) })
     }
 
     fn run_f64(&self, a: &[f64], b: &[f64]) -> Result<Vec<f64>> {

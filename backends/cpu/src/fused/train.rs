@@ -14,6 +14,7 @@ use tensor_core::{composite, CrossEntropyParams, DType, Error, Result, Tensor, W
 
 use super::math::{self, Float, Io, Kernel, Simd};
 use super::{elems, tensor_of};
+use crate::storage::{assume_init, uninit_vec as uninit};
 
 /// Elements per parallel task of the elementwise kernels.
 const CHUNK: usize = 16 * 1024;
@@ -34,23 +35,6 @@ fn with_slice<T: Io + WithDType, R>(
         msg: format!("{op}: view reaches outside its storage"),
     })?;
     f(s)
-}
-
-/// A buffer of `n` elements to be written in full before [`assume_init`].
-fn uninit<T>(n: usize) -> Vec<MaybeUninit<T>> {
-    let mut v = Vec::with_capacity(n);
-    // SAFETY: `MaybeUninit` needs no initialisation; the length is within the capacity.
-    unsafe { v.set_len(n) };
-    v
-}
-
-/// # Safety
-/// Every element of `v` must have been written.
-unsafe fn assume_init<T>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
-    let mut v = std::mem::ManuallyDrop::new(v);
-    // SAFETY: `MaybeUninit<T>` has `T`'s layout; the caller guarantees every element is
-    // initialised; pointer, length and capacity come from a live Vec that is not dropped.
-    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity()) }
 }
 
 /// `1 / (1 + e^−a)` through the vectorisable exp.
