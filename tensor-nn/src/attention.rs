@@ -4,8 +4,10 @@
 //!
 //! Everything goes through [`Tensor::scaled_dot_product_attention`], the backend's fused
 //! kernel, so no `[Lq, Lk]` score matrix is built here and autograd works on every backend.
-//! Attention-probability dropout and logit soft-capping (Gemma 2) would need the score matrix
-//! and are not offered.
+//! The one exception is attention-logit soft-capping (Gemma 2, `tanh(s / cap) · cap` before
+//! the mask), which needs the scores: with [`MultiHeadAttention::logit_softcap`] set, the
+//! scores are built explicitly from differentiable primitives (matmul, tanh, softmax).
+//! Attention-probability dropout is not offered.
 //!
 //! Parameter names are Hugging Face's (`q_proj`, `k_proj`, `v_proj`, `o_proj`, `q_norm`,
 //! `k_norm`) unless [`AttentionNames`] says otherwise; a model with other layouts (fused qkv,
@@ -384,6 +386,9 @@ pub struct MultiHeadAttention {
     pub sliding_window: Option<usize>,
     pub causal: bool,
     pub scale: f64,
+    /// Soft-cap of the scaled scores, `tanh(s / cap) · cap` (Gemma 2); computed with an
+    /// explicit score matrix instead of the fused kernel.
+    pub logit_softcap: Option<f64>,
 }
 
 fn bad(msg: String) -> Error {
@@ -453,6 +458,7 @@ impl MultiHeadAttention {
             sliding_window: None,
             causal: false,
             scale: 1.0 / (head_dim as f64).sqrt(),
+            logit_softcap: None,
         })
     }
 
@@ -554,6 +560,17 @@ impl MultiHeadAttention {
     pub fn with_scale(mut self, scale: f64) -> Self {
         self.scale = scale;
         self
+    }
+
+    /// Soft-cap the scaled attention scores at `cap` (`tanh(s / cap) · cap`, Gemma 2).
+    pub fn with_logit_softcap(mut self, cap: Option<f64>) -> Result<Self> {
+        if let Some(c) = cap {
+            if !(c > 0.0 && c.is_finite()) {
+                return Err(bad(format!("logit soft-cap must be positive, got {c}")));
+            }
+        }
+        self.logit_softcap = cap;
+        Ok(self)
     }
 
     /// RMSNorms of queries and keys before RoPE, per head (`[head_dim]` weights) or over the
@@ -726,10 +743,72 @@ impl MultiHeadAttention {
             alibi_slopes,
             bias,
         };
-        let out = q.scaled_dot_product_attention(k, v, &params)?;
+        let out = match self.logit_softcap {
+            Some(cap) => explicit_attention(q, k, v, &params, cap)?,
+            None => q.scaled_dot_product_attention(k, v, &params)?,
+        };
         let out = out.transpose(1, 2)?.reshape((b, lq, h * self.head_dim))?;
         self.o_proj.forward(&out)
     }
+}
+
+/// Attention with an explicit score matrix, soft-capped at `cap` before the masks, with the
+/// semantics of [`AttentionParams`] (query `i` at position `Lk − Lq + i`; GQA shares each KV
+/// head among `Hq / Hkv` query heads). Softmax runs in f32 for half types.
+fn explicit_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    p: &AttentionParams,
+    cap: f64,
+) -> Result<Tensor> {
+    let (b, h, lq, d) = (q.dims()[0], q.dims()[1], q.dims()[2], q.dims()[3]);
+    let (hkv, lk, dv) = (k.dims()[1], k.dims()[2], v.dims()[3]);
+    if hkv == 0 || !h.is_multiple_of(hkv) || k.dims()[3] != d || (p.causal && lq > lk) {
+        return Err(bad(format!(
+            "soft-capped attention needs q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D] with Hkv              dividing Hq (and Lq <= Lk when causal); got q {:?}, k {:?}",
+            q.dims(),
+            k.dims()
+        )));
+    }
+    let g = h / hkv;
+    // Group the query heads of each KV head as extra rows: no copy of the keys per head.
+    let qg = q.contiguous()?.reshape((b, hkv, g * lq, d))?;
+    let s = qg.matmul(&k.transpose(2, 3)?)?.affine(p.scale, 0.0)?;
+    let s = s.affine(1.0 / cap, 0.0)?.tanh()?.affine(cap, 0.0)?;
+    let mut s = s.reshape((b, h, lq, lk))?;
+    let dtype = q.dtype();
+    let dev = q.device();
+    if p.causal || p.window.is_some() {
+        let mut m = vec![0f64; lq * lk];
+        for i in 0..lq {
+            let pq = lk - lq.min(lk) + i;
+            for j in 0..lk {
+                let hidden = (p.causal && j > pq) || p.window.is_some_and(|w| pq.abs_diff(j) >= w);
+                if hidden {
+                    m[i * lk + j] = f64::NEG_INFINITY;
+                }
+            }
+        }
+        s = s.add(&Tensor::from_f64s(&m, (lq, lk), dtype, dev)?)?;
+    }
+    if let Some(slopes) = &p.alibi_slopes {
+        let rel: Vec<f64> = (0..lq)
+            .flat_map(|i| (0..lk).map(move |j| j as f64 - (lk - lq.min(lk) + i) as f64))
+            .collect();
+        let rel = Tensor::from_f64s(&rel, (1, 1, lq, lk), dtype, dev)?;
+        s = s.add(&slopes.reshape((1, h, 1, 1))?.mul(&rel)?)?;
+    }
+    if let Some(bias) = &p.bias {
+        s = s.add(bias)?;
+    }
+    let probs = if dtype.is_float() && dtype != DType::F32 && dtype != DType::F64 {
+        s.to_dtype(DType::F32)?.softmax(-1)?.to_dtype(dtype)?
+    } else {
+        s.softmax(-1)?
+    };
+    let out = probs.reshape((b, hkv, g * lq, lk))?.matmul(v)?;
+    out.reshape((b, h, lq, dv))
 }
 
 /// The dtype RoPE tables are kept in for parameters of `dtype` (half types keep f32 tables
@@ -834,6 +913,40 @@ mod tests {
                 .to_string();
             assert!(e.contains("cache full"), "{e}");
         }
+        Ok(())
+    }
+
+    /// A huge soft-cap leaves the scores unchanged, so the explicit path must equal the fused
+    /// kernel (GQA, window, ALiBi, cached decoding); a small cap bounds the scores.
+    #[test]
+    fn softcap_path_matches_fused_kernel() -> Result<()> {
+        let _g = no_grad();
+        let dev = tensor_cpu::device();
+        for (window, alibi) in [(None, false), (Some(3), false), (None, true)] {
+            let cfg = AttentionConfig {
+                sliding_window: window,
+                alibi,
+                max_positions: 16,
+                ..AttentionConfig::llama(16, 4, 2, 10000.0, 16)
+            };
+            let plain = build(&cfg, 5)?;
+            let capped = plain.clone().with_logit_softcap(Some(1e9))?;
+            let x = Tensor::randn(0.0, 1.0, (2, 6, 16), DType::F64, &dev)?;
+            let d = max_diff(&plain.forward(&x, None)?, &capped.forward(&x, None)?)?;
+            assert!(d < 1e-10, "window {window:?} alibi {alibi}: {d}");
+            let mut cache = KvCache::for_attention(&capped, 2, 8, DType::F64, &dev)?;
+            let mut outs = vec![capped.forward_cached(&x.narrow(1, 0, 4)?, None, &mut cache)?];
+            for t in 4..6 {
+                outs.push(capped.forward_cached(&x.narrow(1, t, 1)?, None, &mut cache)?);
+            }
+            let inc = Tensor::cat(&outs.iter().collect::<Vec<_>>(), 1)?;
+            assert!(max_diff(&plain.forward(&x, None)?, &inc)? < 1e-10);
+            let small = plain.clone().with_logit_softcap(Some(0.5))?;
+            assert!(max_diff(&plain.forward(&x, None)?, &small.forward(&x, None)?)? > 1e-3);
+        }
+        assert!(build(&AttentionConfig::new(8, 2), 1)?
+            .with_logit_softcap(Some(0.0))
+            .is_err());
         Ok(())
     }
 
