@@ -53,7 +53,9 @@ fn keep_freed_memory() {
         // SAFETY: mallopt only changes allocator tuning parameters; it is thread-safe and
         // valid at any time. The values are within glibc's documented ranges.
         unsafe {
-            mallopt(M_MMAP_THRESHOLD, 1 << 30);
+            // 32 MiB is the largest threshold glibc accepts on 64-bit targets (a larger value
+            // is rejected and leaves the default, dynamic threshold in place).
+            mallopt(M_MMAP_THRESHOLD, 32 << 20);
             mallopt(M_TRIM_THRESHOLD, i32::MAX);
         }
     }
