@@ -31,6 +31,9 @@ options:
   --file TEXT    the text to score (UTF-8)
   --ctx N        tokens per window, at least 2 (default 128)
   --threads N    CPU threads (default: all cores)
+  --no-fused     run a GGUF model through the module graph over weights dequantized to f32
+                 instead of the fused quantized decoder (to measure what quantized
+                 activations cost)
   -h, --help     print this help";
 
 struct Args {
@@ -38,6 +41,7 @@ struct Args {
     file: PathBuf,
     ctx: usize,
     threads: Option<usize>,
+    fused: bool,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
@@ -45,6 +49,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
     let mut file = None;
     let mut ctx = 128;
     let mut threads = None;
+    let mut fused = true;
     fn num(flag: &str, v: Option<String>, min: usize) -> Result<usize, String> {
         let v = v.ok_or_else(|| format!("{flag} needs a value"))?;
         match v.trim().parse::<usize>() {
@@ -66,6 +71,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
             "--file" => file = Some(PathBuf::from(value().ok_or("--file needs a value")?)),
             "--ctx" => ctx = num("--ctx", value(), 2)?,
             "--threads" => threads = Some(num("--threads", value(), 1)?),
+            "--no-fused" => fused = false,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -85,6 +91,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         file,
         ctx,
         threads,
+        fused,
     }))
 }
 
@@ -101,6 +108,7 @@ fn run(args: Args) -> Result<f64, String> {
     let device = tensor_cpu::device();
     let opts = LoadOptions {
         max_seq_len: Some(args.ctx),
+        fused: args.fused,
         ..LoadOptions::default()
     };
     let mut lm = load_with(&args.model, &device, &opts)

@@ -520,6 +520,21 @@ pub trait BackendDevice: Send + Sync + std::fmt::Debug {
     ) -> Result<(Tensor, Tensor, Tensor)> {
         crate::composite::attention_backward(q, k, v, out, lse, grad_out, p)
     }
+    /// `x · wᵀ` for a quantized weight `w: [N, K]` and an f32 `x: [..., K]`: the product of a
+    /// linear layer, shape `[..., N]`. The default dequantizes `w` and multiplies; a backend
+    /// overrides it with kernels that read the blocks where they lie.
+    fn qmatmul(&self, x: &Tensor, w: &crate::quant::QTensor) -> Result<Tensor> {
+        crate::composite::qmatmul(x, w)
+    }
+    /// A fused inference engine for `spec` (see [`crate::decoder`]), or `None` when this
+    /// backend has none and the caller should run the model's module graph instead.
+    fn fused_decoder(
+        &self,
+        spec: &crate::decoder::DecoderSpec,
+    ) -> Result<Option<Box<dyn crate::decoder::FusedDecoder>>> {
+        let _ = spec;
+        Ok(None)
+    }
     /// Convolution without bias: `x: [N, Cin, *s]`, `w: [Cout, Cin/groups, *k]`.
     fn conv(&self, x: &Tensor, w: &Tensor, p: &ConvParams) -> Result<Tensor> {
         crate::composite::conv(x, w, p)

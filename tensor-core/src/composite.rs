@@ -402,3 +402,14 @@ pub fn conv_transpose(
     }
     Ok(out)
 }
+
+/// `x · wᵀ` through a dequantized copy of `w` (see [`crate::BackendDevice::qmatmul`]).
+pub fn qmatmul(x: &Tensor, w: &crate::quant::QTensor) -> Result<Tensor> {
+    let wd = w.dequantize(x.device())?;
+    let k = w.row_len();
+    let mut out_dims = x.dims().to_vec();
+    let last = out_dims.len() - 1;
+    out_dims[last] = w.rows();
+    let m = x.elem_count() / k.max(1);
+    x.reshape((m, k))?.matmul(&wd.t()?)?.reshape(out_dims)
+}

@@ -6,12 +6,14 @@ mod backprop;
 pub mod composite;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod decoder;
 mod dtype;
 mod error;
 mod layout;
 mod nn_ops;
 mod ops;
 pub mod optim;
+pub mod quant;
 mod random;
 mod shape;
 mod tensor;

@@ -630,6 +630,31 @@ impl Tensor {
         }))
     }
 
+    /// `self · wᵀ` for a quantized weight `w: [N, K]` (a linear layer's weight as GGUF stores
+    /// it) and an f32 `self: [..., K]`; the result is `[..., N]`. The weight holds no
+    /// gradient; a tracked `self` gets one through the dequantized weight.
+    pub fn qmatmul(&self, w: &crate::quant::QTensor) -> Result<Tensor> {
+        if self.dtype() != DType::F32 {
+            return Err(Error::msg(format!(
+                "qmatmul: the input must be f32, got {:?}",
+                self.dtype()
+            )));
+        }
+        let k = self.dim(-1).ok();
+        if w.dims().len() != 2 || k != Some(w.row_len()) {
+            return Err(Error::msg(format!(
+                "qmatmul: input {:?} does not fit weight {w:?} (expected [..., {}] and a 2-d \
+                 weight)",
+                self.dims(),
+                w.row_len()
+            )));
+        }
+        if self.tracked() {
+            return crate::composite::qmatmul(self, w);
+        }
+        self.device().backend().qmatmul(self, w)
+    }
+
     /// `silu(self) · up` — the SwiGLU hidden activation `silu(x·W_gate) · (x·W_up)` — in one
     /// fused kernel forward and backward. Both operands have one shape and float dtype.
     pub fn silu_mul(&self, up: &Tensor) -> Result<Tensor> {

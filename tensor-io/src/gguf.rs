@@ -39,10 +39,12 @@
 //!
 //! # Dequantization
 //!
-//! [`dequantize`] / [`dequantize_into`]: scalar reference code, bit-identical to the `gguf`
-//! Python package, for F32, F16, BF16, F64, the integer types, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
-//! Q8_1, Q2_K..Q6_K, Q8_K, IQ4_NL, IQ4_XS, TQ1_0, TQ2_0 and MXFP4
-//! ([`GgmlType::can_dequantize`]). Other i-quants are named and sized but not yet decoded.
+//! [`dequantize`] / [`dequantize_into`] (from `tensor_core::quant`): scalar reference code for
+//! every type a GGUF file may hold: F32, F16, BF16, F64, the integer types, Q4_0, Q4_1, Q5_0,
+//! Q5_1, Q8_0, Q8_1, Q2_K..Q6_K, Q8_K, all the i-quants (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S,
+//! IQ3_XXS, IQ3_S, IQ4_NL, IQ4_XS), TQ1_0, TQ2_0, MXFP4, NVFP4 and Q1_0. Values are
+//! bit-identical to the `gguf` Python package (to ggml's `dequantize_row_*` for Q8_1, Q8_K
+//! and Q1_0, which it does not decode).
 //!
 //! # Writing
 //!
@@ -56,7 +58,6 @@
 //! Every failure is a [`tensor_core::Error`] whose message names the file and, where one is
 //! involved, the tensor or metadata key and the byte offset.
 
-mod dequant;
 mod parse;
 mod types;
 mod write;
@@ -64,16 +65,27 @@ mod write;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
+use tensor_core::quant::{QBytes, QTensor};
 use tensor_core::{bf16, f16, Device, Error, HostData, Result, Tensor};
 
-pub use dequant::{dequantize, dequantize_into};
-pub use types::{GgmlType, GgufArray, GgufValue, GgufValueType, QK_K};
+pub use tensor_core::quant::{dequantize, dequantize_into, GgmlType, QK_K};
+pub use types::{GgufArray, GgufValue, GgufValueType};
 pub use write::GgufWriter;
 
 /// The metadata key every model file sets to its architecture ("llama", "qwen2", ...).
 pub const ARCHITECTURE_KEY: &str = "general.architecture";
+
+/// The file's memory map, shared with the [`QTensor`]s that view it.
+struct MappedFile(Mmap);
+
+impl QBytes for MappedFile {
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
 
 /// Where a tensor lives in a [`GgufFile`] and what it holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,7 +135,7 @@ impl GgufTensorInfo {
 /// An open, validated, memory-mapped GGUF file.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: Option<Mmap>,
+    mmap: Option<Arc<MappedFile>>,
     version: u32,
     alignment: u64,
     data_offset: u64,
@@ -167,9 +179,11 @@ impl GgufFile {
         } else {
             // SAFETY: the map is read-only and private to this value; as documented on the
             // module, the file must not be truncated or rewritten while it is open.
-            Some(unsafe { Mmap::map(&file) }.map_err(|e| io("cannot memory-map", e))?)
+            Some(Arc::new(MappedFile(
+                unsafe { Mmap::map(&file) }.map_err(|e| io("cannot memory-map", e))?,
+            )))
         };
-        let buf: &[u8] = mmap.as_deref().unwrap_or(&[]);
+        let buf: &[u8] = mmap.as_ref().map_or(&[], |m| m.0.as_ref());
         let parsed = parse::parse(buf).map_err(|msg| file_error(&path, msg))?;
 
         let mut tensors = Vec::with_capacity(parsed.tensors.len());
@@ -358,8 +372,21 @@ impl GgufFile {
     fn bytes_of(&self, info: &GgufTensorInfo) -> &[u8] {
         // `open` checked data_offset + offset + size <= file length for every tensor.
         let start = (self.data_offset + info.offset) as usize;
-        let buf: &[u8] = self.mmap.as_deref().unwrap_or(&[]);
+        let buf: &[u8] = self.mmap.as_ref().map_or(&[], |m| m.0.as_ref());
         &buf[start..start + info.size]
+    }
+
+    /// The tensor as a [`QTensor`] with row-major dims that borrows its blocks from the memory
+    /// map (no copy), whatever its type; the map stays alive as long as the tensor does.
+    pub fn qtensor(&self, name: &str) -> Result<QTensor> {
+        let info = self.info_or_err(name)?;
+        let start = (self.data_offset + info.offset) as usize;
+        let owner: Arc<dyn QBytes> = match &self.mmap {
+            Some(m) => m.clone(),
+            None => Arc::new(Vec::<u8>::new()),
+        };
+        QTensor::new(info.ggml_type, info.dims(), owner, start, info.size)
+            .map_err(|e| self.error(format!("tensor '{name}': {e}")))
     }
 
     /// The tensor's values as f32, whatever its type (see [`GgmlType::can_dequantize`]).

@@ -683,7 +683,7 @@ fn random_bit_flips_never_panic() {
 }
 
 #[test]
-fn missing_tensors_and_unsupported_types_are_errors() {
+fn missing_tensors_are_errors() {
     let dir = TempDir::new("missing");
     let mut w = GgufWriter::new();
     w.add_raw("iq2", GgmlType::IQ2_XXS, &[256], vec![0u8; 66])
@@ -692,12 +692,9 @@ fn missing_tensors_and_unsupported_types_are_errors() {
     w.write(&path).unwrap();
     let f = GgufFile::open(&path).unwrap();
     assert_eq!(f.tensor_bytes("iq2").unwrap().len(), 66);
-    let err = f.dequantize("iq2").unwrap_err().to_string();
-    assert!(
-        err.contains("iq.gguf") && err.contains("'iq2'") && err.contains("IQ2_XXS"),
-        "{err}"
-    );
-    assert!(f.tensor("iq2", &device()).is_err());
+    // Every i-quant dequantizes now: an all-zero IQ2_XXS block is 256 zeros.
+    assert_eq!(f.dequantize("iq2").unwrap(), vec![0.0; 256]);
+    assert!(f.tensor("iq2", &device()).is_ok());
     let err = f.tensor_bytes("nope").unwrap_err().to_string();
     assert!(
         err.contains("no tensor named 'nope'") && err.contains("iq.gguf"),

@@ -31,6 +31,14 @@ pub trait CausalLm: Send {
     fn info(&self) -> &LmInfo;
     fn device(&self) -> &Device;
     fn forward(&mut self, ids: &Tensor, pos: usize) -> Result<Tensor>;
+    /// [`CausalLm::forward`] when only the logits of the last position are wanted (as in
+    /// generation): `[B, 1, vocab]`. Models that can skip the LM head for the other
+    /// positions override it.
+    fn forward_last(&mut self, ids: &Tensor, pos: usize) -> Result<Tensor> {
+        let logits = self.forward(ids, pos)?;
+        let l = logits.dim(1)?;
+        logits.narrow(1, l.saturating_sub(1), 1)
+    }
     /// Empty the KV cache (a new conversation); the next `forward` starts at `pos = 0`.
     fn reset(&mut self);
     /// The number of positions held in the cache.

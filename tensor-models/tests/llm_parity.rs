@@ -167,6 +167,7 @@ fn bf16_compute_is_close() -> Result<()> {
     let opts = LoadOptions {
         dtype: DType::BF16,
         max_seq_len: Some(16),
+        ..LoadOptions::default()
     };
     let mut lm = load_with(&fixtures().join("llama"), &dev(), &opts)?;
     let (ids, want) = reference("llama");

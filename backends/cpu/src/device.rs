@@ -339,6 +339,22 @@ impl BackendDevice for CpuDevice {
     )> {
         crate::fused::attention_backward(q, k, v, out, lse, grad_out, p)
     }
+    fn qmatmul(
+        &self,
+        x: &tensor_core::Tensor,
+        w: &tensor_core::quant::QTensor,
+    ) -> Result<tensor_core::Tensor> {
+        crate::quant::qmatmul(x, w)
+    }
+
+    fn fused_decoder(
+        &self,
+        spec: &tensor_core::decoder::DecoderSpec,
+    ) -> Result<Option<Box<dyn tensor_core::decoder::FusedDecoder>>> {
+        let dec = crate::decoder::CpuDecoder::new(spec, rayon::current_num_threads())?;
+        Ok(Some(Box::new(dec)))
+    }
+
     fn optim_update(
         &self,
         rule: &tensor_core::OptimRule,

@@ -11,7 +11,7 @@
 //! [`math::dispatch`], so the inner loops are vectorised for the CPU at hand.
 
 mod attention;
-mod math;
+pub(crate) mod math;
 mod tile;
 mod train;
 

@@ -12,16 +12,27 @@ mod device;
 mod elementwise;
 mod fused;
 // The matmul helper's packed f32 GEMM, used by `matmul`.
+mod decoder;
 mod gemm_f32;
 mod index;
 mod matmul;
 mod optim;
+pub mod quant;
 mod random;
 mod reduce;
 mod storage;
 
 pub use device::{device, CpuDevice};
 pub use storage::CpuStorage;
+
+/// The CPU's fused decoder for `spec` on `threads` threads (the device's
+/// `fused_decoder` uses rayon's thread count).
+pub fn fused_decoder(
+    spec: &tensor_core::decoder::DecoderSpec,
+    threads: usize,
+) -> Result<Box<dyn tensor_core::decoder::FusedDecoder>> {
+    Ok(Box::new(decoder::CpuDecoder::new(spec, threads)?))
+}
 
 use half::{bf16, f16};
 use tensor_core::{BackendStorage, Error, Layout, Result, WithDType};

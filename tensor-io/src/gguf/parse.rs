@@ -6,7 +6,8 @@
 
 use std::collections::HashMap;
 
-use super::types::{GgmlType, GgufArray, GgufValue, GgufValueType};
+use super::types::{GgufArray, GgufValue, GgufValueType};
+use tensor_core::quant::GgmlType;
 
 pub(crate) const MAGIC: &[u8; 4] = b"GGUF";
 pub(crate) const DEFAULT_ALIGNMENT: u64 = 32;

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tensor_core::{bf16, f16, Error, HostData, Result, Tensor};
 
 use super::parse::{ALIGNMENT_KEY, DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS};
-use super::types::{GgmlType, GgufArray, GgufValue, GgufValueType};
+use super::types::{GgufArray, GgufValue, GgufValueType};
+use tensor_core::quant::GgmlType;
 
 /// ggml's `GGML_MAX_NAME`: longer tensor names are refused by llama.cpp, so by us too.
 const MAX_NAME_LEN: usize = 63;

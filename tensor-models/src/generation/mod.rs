@@ -308,7 +308,7 @@ fn run_group(
     let start = Instant::now();
     let flat: Vec<u32> = prompts.iter().flat_map(|p| p.iter().copied()).collect();
     let ids = Tensor::from_vec(flat, (b, len), &device)?;
-    let logits = model.forward(&ids, 0)?;
+    let logits = model.forward_last(&ids, 0)?;
     let rows = last_rows(&logits, b, info.vocab_size)?;
     let prefill_time = start.elapsed();
     let mut pos = len;
@@ -321,7 +321,7 @@ fn run_group(
             .map(|s| s.context.last().copied().unwrap_or(0))
             .collect();
         let ids = Tensor::from_vec(next, (b, 1), &device)?;
-        let logits = model.forward(&ids, pos)?;
+        let logits = model.forward_last(&ids, pos)?;
         pos += 1;
         let rows = last_rows(&logits, b, info.vocab_size)?;
         for (i, (s, row)) in seqs.iter_mut().zip(&rows).enumerate() {

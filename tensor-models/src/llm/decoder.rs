@@ -298,7 +298,38 @@ impl LlmDecoder {
         Ok((b, l))
     }
 
-    fn run(&mut self, ids: &Tensor, pos: usize, l: usize) -> Result<Tensor> {
+    fn step(&mut self, ids: &Tensor, pos: usize, last_only: bool) -> Result<Tensor> {
+        let _g = no_grad();
+        let (b, l) = self.check_ids(ids, pos)?;
+        if pos == 0 && (self.caches.is_empty() || self.cache_batch != b) {
+            self.caches.clear();
+            for layer in &self.layers {
+                self.caches.push(KvCache::for_attention(
+                    &layer.attn,
+                    b,
+                    self.info.max_seq_len,
+                    self.dtype,
+                    &self.device,
+                )?);
+            }
+            self.cache_batch = b;
+        }
+        match self.run(ids, pos, l, last_only) {
+            Ok(logits) => {
+                self.len = pos + l;
+                Ok(logits)
+            }
+            Err(e) => {
+                // Layers that already appended must not keep half a step.
+                for c in &mut self.caches {
+                    c.truncate(pos);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn run(&mut self, ids: &Tensor, pos: usize, l: usize, last_only: bool) -> Result<Tensor> {
         let mut h = self.embed.forward(ids)?;
         if let Some(s) = self.embed_scale {
             h = h.affine(s, 0.0)?;
@@ -308,6 +339,9 @@ impl LlmDecoder {
         }
         for (layer, cache) in self.layers.iter().zip(self.caches.iter_mut()) {
             h = layer.forward(&h, cache)?;
+        }
+        if last_only && l > 1 {
+            h = h.narrow(1, l - 1, 1)?;
         }
         let mut logits = self.head.forward(&self.norm.forward(&h)?)?;
         if logits.dtype() != DType::F32 {
@@ -330,34 +364,11 @@ impl CausalLm for LlmDecoder {
     }
 
     fn forward(&mut self, ids: &Tensor, pos: usize) -> Result<Tensor> {
-        let _g = no_grad();
-        let (b, l) = self.check_ids(ids, pos)?;
-        if pos == 0 && (self.caches.is_empty() || self.cache_batch != b) {
-            self.caches.clear();
-            for layer in &self.layers {
-                self.caches.push(KvCache::for_attention(
-                    &layer.attn,
-                    b,
-                    self.info.max_seq_len,
-                    self.dtype,
-                    &self.device,
-                )?);
-            }
-            self.cache_batch = b;
-        }
-        match self.run(ids, pos, l) {
-            Ok(logits) => {
-                self.len = pos + l;
-                Ok(logits)
-            }
-            Err(e) => {
-                // Layers that already appended must not keep half a step.
-                for c in &mut self.caches {
-                    c.truncate(pos);
-                }
-                Err(e)
-            }
-        }
+        self.step(ids, pos, false)
+    }
+
+    fn forward_last(&mut self, ids: &Tensor, pos: usize) -> Result<Tensor> {
+        self.step(ids, pos, true)
     }
 
     fn reset(&mut self) {

@@ -14,8 +14,9 @@ use tensor_nn::VarBuilder;
 
 use super::config::{dedup_in_order, Json, LlmConfig};
 use super::decoder::LlmDecoder;
+use super::fused::FusedLm;
 use super::weights::{Checkpoint, LlmWeights, Scheme};
-use crate::lm::CausalLm;
+use crate::lm::{CausalLm, LmInfo};
 
 /// The default `max_seq_len` is the model's context length capped at this, so that the
 /// preallocated KV cache of a long-context model stays small; ask for more explicitly.
@@ -30,6 +31,10 @@ pub struct LoadOptions {
     /// Compute and weight dtype (F32 by default; BF16/F16 halve the memory). Logits are
     /// always f32.
     pub dtype: DType,
+    /// Run GGUF models of the plain Llama-style architectures on the backend's fused
+    /// decoder (quantized weights used in place, no per-token allocation) when the backend
+    /// has one. On by default; off gives the module graph over dequantized weights.
+    pub fused: bool,
 }
 
 impl Default for LoadOptions {
@@ -37,6 +42,7 @@ impl Default for LoadOptions {
         LoadOptions {
             max_seq_len: None,
             dtype: DType::F32,
+            fused: true,
         }
     }
 }
@@ -136,16 +142,41 @@ fn build(
     device: &Device,
     opts: &LoadOptions,
 ) -> Result<Box<dyn CausalLm>> {
-    let max = opts
-        .max_seq_len
-        .unwrap_or_else(|| cfg.context_length.min(DEFAULT_MAX_SEQ_LEN_CAP));
+    let max = max_seq_len(cfg, opts);
     let vb = VarBuilder::from_source(Arc::new(weights), opts.dtype, device);
     Ok(Box::new(LlmDecoder::new(cfg, &vb, max)?))
+}
+
+fn max_seq_len(cfg: &LlmConfig, opts: &LoadOptions) -> usize {
+    opts.max_seq_len
+        .unwrap_or_else(|| cfg.context_length.min(DEFAULT_MAX_SEQ_LEN_CAP))
 }
 
 fn load_gguf(path: &Path, device: &Device, opts: &LoadOptions) -> Result<LoadedLm> {
     let file = Arc::new(GgufFile::open(path)?);
     let cfg = LlmConfig::from_gguf(&file)?;
+    if opts.fused && opts.dtype == DType::F32 {
+        let max = max_seq_len(&cfg, opts);
+        if let Some(spec) = super::fused::gguf_spec(&cfg, &file, device, max)? {
+            if let Some(dec) = device.backend().fused_decoder(&spec)? {
+                let info = LmInfo {
+                    architecture: cfg.architecture.clone(),
+                    vocab_size: cfg.vocab_size,
+                    max_seq_len: max,
+                    eos_token_ids: cfg.eos_token_ids.clone(),
+                    bos_token_id: cfg.bos_token_id,
+                };
+                let model = Box::new(FusedLm::new(info, device.clone(), dec));
+                return Ok(LoadedLm {
+                    model,
+                    config: cfg,
+                    format: LmFormat::Gguf,
+                    path: path.to_path_buf(),
+                    gguf: Some(file),
+                });
+            }
+        }
+    }
     let weights = LlmWeights::new(Checkpoint::Gguf(file.clone()), Scheme::Gguf, &cfg);
     let model = build(&cfg, weights, device, opts)?;
     Ok(LoadedLm {

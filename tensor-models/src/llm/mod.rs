@@ -51,6 +51,7 @@
 
 mod config;
 mod decoder;
+mod fused;
 mod gpt2;
 mod load;
 mod weights;
@@ -59,6 +60,7 @@ pub use config::{
     Family, FfnKind, LlmConfig, SUPPORTED_GGUF_ARCHITECTURES, SUPPORTED_HF_MODEL_TYPES,
 };
 pub use decoder::LlmDecoder;
+pub use fused::FusedLm;
 pub use load::{
     gguf_tokenizer_spec, load, load_with, LmFormat, LoadOptions, LoadedLm, DEFAULT_MAX_SEQ_LEN_CAP,
 };

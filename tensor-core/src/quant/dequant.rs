@@ -1,13 +1,15 @@
-//! Scalar reference dequantization of ggml blocks to f32.
+//! Scalar reference dequantization of ggml blocks to f32, for every type a GGUF file may hold.
 //!
 //! Each format is written from its block layout (ggml's `ggml-common.h`) and computes every
 //! value with the same f32 operations in the same order as `gguf.quants.dequantize` of the
-//! `gguf` Python package, so results are bit-identical to it (the fixtures test this). Q8_1 and
-//! Q8_K have no Python dequantizer; they follow ggml (`d * q`). Speed is a later concern: fast
-//! kernels go to the backends.
+//! `gguf` Python package, so results are bit-identical to it, and to ggml's `dequantize_row_*`
+//! (the fixtures of tests/quant.rs check both). Q8_1, Q8_K and Q1_0 have no Python
+//! dequantizer; they follow ggml. The i-quant grids are generated data (iq_grids.rs). Speed is
+//! a later concern: fast kernels go to the backends.
 
-use tensor_core::{bf16, f16, Error, Result};
+use crate::{bf16, f16, Error, Result};
 
+use super::iq_grids::{IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID};
 use super::types::{GgmlType, QK_K};
 
 /// Dequantize `data`, a whole number of `ty` blocks, into `out`, which must have room for
@@ -48,12 +50,15 @@ pub fn dequantize_into(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()>
         GgmlType::TQ1_0 => tq1_0,
         GgmlType::TQ2_0 => tq2_0,
         GgmlType::MXFP4 => mxfp4,
-        other => {
-            debug_assert!(!other.can_dequantize());
-            return Err(Error::msg(format!(
-                "dequantize: ggml type {other} is not supported yet"
-            )));
-        }
+        GgmlType::NVFP4 => nvfp4,
+        GgmlType::Q1_0 => q1_0,
+        GgmlType::IQ2_XXS => iq2_xxs,
+        GgmlType::IQ2_XS => iq2_xs,
+        GgmlType::IQ2_S => iq2_s,
+        GgmlType::IQ3_XXS => iq3_xxs,
+        GgmlType::IQ3_S => iq3_s,
+        GgmlType::IQ1_S => iq1_s,
+        GgmlType::IQ1_M => iq1_m,
     };
     for (b, y) in data.chunks_exact(size).zip(out.chunks_exact_mut(block)) {
         kernel(b, y);
@@ -302,6 +307,206 @@ fn mxfp4(b: &[u8], y: &mut [f32]) {
     }
 }
 
+fn q1_0(b: &[u8], y: &mut [f32]) {
+    // One bit per element: set means +d, clear means -d.
+    let d = half(b);
+    for (e, y) in y.iter_mut().enumerate() {
+        *y = if (b[2 + e / 8] >> (e % 8)) & 1 != 0 {
+            d
+        } else {
+            -d
+        };
+    }
+}
+
+fn nvfp4(b: &[u8], y: &mut [f32]) {
+    // Four sub-blocks of 16, each with an unsigned e4m3 scale (halved, as for MXFP4).
+    const KVALUES: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+    let (scales, qs) = (&b[..4], &b[4..36]);
+    for (s, &e) in scales.iter().enumerate() {
+        let d = ue4m3_half(e);
+        for (j, &q) in qs[8 * s..8 * s + 8].iter().enumerate() {
+            y[16 * s + j] = KVALUES[(q & 0xF) as usize] as f32 * d;
+            y[16 * s + j + 8] = KVALUES[(q >> 4) as usize] as f32 * d;
+        }
+    }
+}
+
+/// Half the value of an unsigned e4m3 byte (bias 7); 0x7F, e4m3's NaN, reads as zero.
+fn ue4m3_half(x: u8) -> f32 {
+    if x == 0 || x == 0x7F {
+        return 0.0;
+    }
+    let (exp, man) = (((x >> 3) & 0xF) as i32, (x & 7) as f32);
+    let raw = if exp == 0 {
+        man / 512.0
+    } else {
+        (1.0 + man / 8.0) * f32::from_bits(((exp - 7 + 127) as u32) << 23)
+    };
+    raw * 0.5
+}
+
+// The i-quants below 4 bits pick each group of 8 (or 4) values from a fixed grid
+// (iq_grids.rs), so a whole group costs one index. Signs travel separately: 7 bits per group
+// of 8, the eighth implied by even parity (`signs_with_parity`), except in IQ2_S/IQ3_S, which
+// store all 8.
+
+/// The 7 stored sign bits of a group with the eighth set so that the count is even.
+fn signs_with_parity(bits: u32) -> u8 {
+    let bits = (bits & 127) as u8;
+    bits | ((bits.count_ones() as u8 & 1) << 7)
+}
+
+/// `db * grid value * (±1)` for one group, in ggml's (and gguf-py's) order.
+fn put_group(y: &mut [f32], db: f32, grid: &[u8], signs: u8) {
+    for (j, (y, &g)) in y.iter_mut().zip(grid).enumerate() {
+        *y = db * g as f32 * if signs >> j & 1 != 0 { -1.0 } else { 1.0 };
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(arr(&b[at..]))
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes(arr(&b[at..]))
+}
+
+fn iq2_xxs(b: &[u8], y: &mut [f32]) {
+    let d = half(b);
+    for (ib, y) in y.chunks_exact_mut(32).enumerate() {
+        // Per 32 values: four grid indices (bytes), then 4 × 7 sign bits and a 4-bit scale.
+        let (idx, meta) = (&b[2 + 8 * ib..6 + 8 * ib], u32_at(b, 6 + 8 * ib));
+        let db = d * (0.5 + (meta >> 28) as f32) * 0.25;
+        for (l, y) in y.chunks_exact_mut(8).enumerate() {
+            let grid = IQ2XXS_GRID[idx[l] as usize].to_le_bytes();
+            put_group(y, db, &grid, signs_with_parity(meta >> (7 * l)));
+        }
+    }
+}
+
+fn iq2_xs(b: &[u8], y: &mut [f32]) {
+    let d = half(b);
+    let scales = &b[66..74];
+    for (ib, y) in y.chunks_exact_mut(32).enumerate() {
+        let sc = scales[ib];
+        let db = [
+            d * (0.5 + (sc & 0xF) as f32) * 0.25,
+            d * (0.5 + (sc >> 4) as f32) * 0.25,
+        ];
+        for (l, y) in y.chunks_exact_mut(8).enumerate() {
+            // 9-bit grid index, 7 sign bits.
+            let q = u16_at(b, 2 + 2 * (4 * ib + l));
+            let grid = IQ2XS_GRID[(q & 511) as usize].to_le_bytes();
+            put_group(y, db[l / 2], &grid, signs_with_parity((q >> 9) as u32));
+        }
+    }
+}
+
+fn iq2_s(b: &[u8], y: &mut [f32]) {
+    let d = half(b);
+    let (qs, signs, qh, scales) = (&b[2..34], &b[34..66], &b[66..74], &b[74..82]);
+    for (ib, y) in y.chunks_exact_mut(32).enumerate() {
+        let sc = scales[ib];
+        let db = [
+            d * (0.5 + (sc & 0xF) as f32) * 0.25,
+            d * (0.5 + (sc >> 4) as f32) * 0.25,
+        ];
+        for (l, y) in y.chunks_exact_mut(8).enumerate() {
+            // 10-bit grid index: a byte of qs and two bits of qh.
+            let idx = qs[4 * ib + l] as usize | ((qh[ib] as usize >> (2 * l)) & 3) << 8;
+            let grid = IQ2S_GRID[idx].to_le_bytes();
+            put_group(y, db[l / 2], &grid, signs[4 * ib + l]);
+        }
+    }
+}
+
+fn iq3_xxs(b: &[u8], y: &mut [f32]) {
+    let d = half(b);
+    let (qs, meta) = (&b[2..66], &b[66..98]);
+    for (ib, y) in y.chunks_exact_mut(32).enumerate() {
+        let meta = u32_at(meta, 4 * ib);
+        let db = d * (0.5 + (meta >> 28) as f32) * 0.5;
+        for (l, y) in y.chunks_exact_mut(8).enumerate() {
+            // Two grid entries of 4 make a group of 8.
+            let mut grid = [0u8; 8];
+            grid[..4].copy_from_slice(&IQ3XXS_GRID[qs[8 * ib + 2 * l] as usize].to_le_bytes());
+            grid[4..].copy_from_slice(&IQ3XXS_GRID[qs[8 * ib + 2 * l + 1] as usize].to_le_bytes());
+            put_group(y, db, &grid, signs_with_parity(meta >> (7 * l)));
+        }
+    }
+}
+
+fn iq3_s(b: &[u8], y: &mut [f32]) {
+    let d = half(b);
+    let (qs, qh, signs, scales) = (&b[2..66], &b[66..74], &b[74..106], &b[106..110]);
+    for (ib, y) in y.chunks_exact_mut(32).enumerate() {
+        let db = d * (1 + 2 * ((scales[ib / 2] >> (4 * (ib % 2))) & 0xF) as i32) as f32;
+        for (l, y) in y.chunks_exact_mut(8).enumerate() {
+            // 9-bit grid indices: a byte of qs and one bit of qh each.
+            let entry = |k: usize| {
+                let i = 2 * l + k;
+                let idx = qs[8 * ib + i] as usize | ((qh[ib] as usize >> i) & 1) << 8;
+                IQ3S_GRID[idx].to_le_bytes()
+            };
+            let mut grid = [0u8; 8];
+            grid[..4].copy_from_slice(&entry(0));
+            grid[4..].copy_from_slice(&entry(1));
+            put_group(y, db, &grid, signs[4 * ib + l]);
+        }
+    }
+}
+
+/// IQ1_S/IQ1_M groups: `dl * (grid value + delta)`, grid values in -1..=1.
+fn put_iq1_group(y: &mut [f32], dl: f32, idx: usize, delta: f32) {
+    for (y, g) in y.iter_mut().zip(IQ1S_GRID[idx].to_le_bytes()) {
+        *y = dl * (g as i8 as f32 + delta);
+    }
+}
+
+const IQ1S_DELTA: f32 = 0.125;
+
+fn iq1_s(b: &[u8], y: &mut [f32]) {
+    let d = half(b);
+    let qs = &b[2..34];
+    for (ib, y) in y.chunks_exact_mut(32).enumerate() {
+        // Per 32 values, a u16: 4 × 3 high index bits, a 3-bit scale, the sign of delta.
+        let qh = u16_at(b, 34 + 2 * ib);
+        let dl = d * (2 * ((qh >> 12) & 7) + 1) as f32;
+        let delta = if qh & 0x8000 != 0 {
+            -IQ1S_DELTA
+        } else {
+            IQ1S_DELTA
+        };
+        for (l, y) in y.chunks_exact_mut(8).enumerate() {
+            let idx = qs[4 * ib + l] as usize | ((qh as usize >> (3 * l)) & 7) << 8;
+            put_iq1_group(y, dl, idx, delta);
+        }
+    }
+}
+
+fn iq1_m(b: &[u8], y: &mut [f32]) {
+    let (qs, qh) = (&b[..32], &b[32..48]);
+    let sc: [u16; 4] = std::array::from_fn(|k| u16_at(b, 48 + 2 * k));
+    // The f16 super-block scale is spread over the top nibbles of the four scale words.
+    let d_bits = (sc[0] >> 12) | ((sc[1] >> 8) & 0xF0) | ((sc[2] >> 4) & 0xF00) | (sc[3] & 0xF000);
+    let d = f16::from_bits(d_bits).to_f32();
+    for (ib, y) in y.chunks_exact_mut(32).enumerate() {
+        let s = sc[ib / 2] >> (6 * (ib % 2));
+        let dl = [
+            d * (2 * (s & 7) + 1) as f32,
+            d * (2 * ((s >> 3) & 7) + 1) as f32,
+        ];
+        for (l, y) in y.chunks_exact_mut(8).enumerate() {
+            // Each qh byte serves two groups: 3 high index bits and a delta sign per nibble.
+            let h = qh[2 * ib + l / 2] >> (4 * (l % 2));
+            let idx = qs[4 * ib + l] as usize | ((h & 7) as usize) << 8;
+            let delta = if h & 8 != 0 { -IQ1S_DELTA } else { IQ1S_DELTA };
+            put_iq1_group(y, dl[l / 2], idx, delta);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +527,6 @@ mod tests {
     fn sizes_are_checked() {
         let err = dequantize_into(GgmlType::Q8_0, &[0; 33], &mut [0.0; 32]).unwrap_err();
         assert!(err.to_string().contains("33 bytes"), "{err}");
-        assert!(dequantize_into(GgmlType::IQ2_XXS, &[0; 66], &mut [0.0; 256]).is_err());
+        assert!(dequantize_into(GgmlType::IQ2_XXS, &[0; 65], &mut [0.0; 256]).is_err());
     }
 }

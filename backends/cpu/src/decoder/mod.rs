@@ -1,0 +1,694 @@
+//! The CPU's fused decoder ([`tensor_core::decoder`]): a Llama-style model run straight from
+//! its (usually quantized, memory-mapped) weights by a [`Team`] of spinning threads.
+//!
+//! One forward call is one [`Team::run`]: every thread walks the layers together, each doing
+//! its share of a step and meeting the others at a barrier before the next step needs the
+//! result. Matrix products use the quantized kernels of [`crate::quant`] (activations
+//! quantized to 8-bit blocks once per step and shared by the products that read them);
+//! weight types without a kernel dequantize a row at a time.
+//!
+//! Work split: with one token, threads take disjoint rows of each weight matrix (decode is
+//! bound by streaming the weights, so each byte is read once); with a prompt, threads take
+//! disjoint tokens and each runs the GEMM tile kernel over every weight row, decoding each
+//! weight block once per four tokens. Every buffer, the KV cache and the RoPE table are
+//! allocated before the team starts, so a decode step allocates nothing (a test counts).
+
+mod attn;
+mod team;
+
+use std::ops::Range;
+
+use tensor_core::decoder::{DecoderSpec, FusedDecoder, Weight};
+use tensor_core::quant::{dequantize_into, GgmlType, QTensor};
+use tensor_core::{DType, Error, HostData, Result, Tensor};
+
+use crate::quant::{self, BlockQ8, BlockQ8K, Kernel};
+pub use team::Team;
+
+/// A weight matrix `[rows, cols]` and the kernel that multiplies by it.
+struct Mat {
+    w: QTensor,
+    rows: usize,
+    cols: usize,
+    kernel: Option<Kernel>,
+}
+
+impl Mat {
+    fn new(w: &Weight, rows: usize, cols: usize, name: &str) -> Result<Mat> {
+        let w = match w {
+            Weight::Quant(q) => q.clone(),
+            Weight::Dense(t) => dense_to_q(t)?,
+        };
+        if w.dims() != [rows, cols] {
+            return Err(Error::msg(format!(
+                "fused decoder: {name} is {:?}, expected [{rows}, {cols}]",
+                w.dims()
+            )));
+        }
+        let kernel = quant::best(w.ggml_type()).filter(|k| match k {
+            Kernel::Q8(_) => cols.is_multiple_of(32),
+            Kernel::Q8K(_) => cols.is_multiple_of(256),
+        });
+        Ok(Mat {
+            w,
+            rows,
+            cols,
+            kernel,
+        })
+    }
+}
+
+/// A dense weight as a plain-typed [`QTensor`] (F32/F16/BF16 rows) so one code path reads it.
+fn dense_to_q(t: &Tensor) -> Result<QTensor> {
+    let dims = t.dims().to_vec();
+    let (ty, bytes): (GgmlType, Vec<u8>) = match t.to_host()? {
+        HostData::F16(v) => (
+            GgmlType::F16,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+        HostData::BF16(v) => (
+            GgmlType::BF16,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+        _ => {
+            let v = t.to_dtype(DType::F32)?.to_vec::<f32>()?;
+            (
+                GgmlType::F32,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )
+        }
+    };
+    QTensor::from_bytes(ty, &dims, bytes)
+}
+
+fn vec_of(t: &Tensor, len: usize, name: &str) -> Result<Vec<f32>> {
+    if t.elem_count() != len {
+        return Err(Error::msg(format!(
+            "fused decoder: {name} has {} values, expected {len}",
+            t.elem_count()
+        )));
+    }
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec::<f32>()
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Mat,
+    wk: Mat,
+    wv: Mat,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    wo: Mat,
+    ffn_norm: Vec<f32>,
+    gate: Mat,
+    up: Mat,
+    down: Mat,
+    /// `[positions, kv_dim]` each.
+    kc: Vec<f32>,
+    vc: Vec<f32>,
+}
+
+/// Shapes of the model.
+#[derive(Clone, Copy)]
+struct Dims {
+    d: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    ff: usize,
+    vocab: usize,
+    eps: f32,
+    interleaved: bool,
+}
+
+impl Dims {
+    fn qd(&self) -> usize {
+        self.nh * self.hd
+    }
+    fn kvd(&self) -> usize {
+        self.nkv * self.hd
+    }
+}
+
+/// Per-forward buffers, sized for `cap` tokens.
+#[derive(Default)]
+struct Bufs {
+    cap: usize,
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    o: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    g: Vec<f32>,
+    u: Vec<f32>,
+    a8: Vec<BlockQ8>,
+    a8k: Vec<BlockQ8K>,
+    logits: Vec<f32>,
+    /// Per thread: attention scores (`max positions`) and one dequantized weight row.
+    scores: Vec<Vec<f32>>,
+    row: Vec<Vec<f32>>,
+}
+
+pub struct CpuDecoder {
+    dims: Dims,
+    embedding: QTensor,
+    layers: Vec<Layer>,
+    final_norm: Vec<f32>,
+    lm_head: Mat,
+    inv_freq: Vec<f32>,
+    /// `[kv_cap, hd/2]` cos and sin of each position.
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+    kv_cap: usize,
+    max_positions: usize,
+    len: usize,
+    bufs: Bufs,
+    /// Raw views of the per-layer caches and per-thread scratch, refreshed when they grow.
+    kv_ptrs: Vec<(P, P)>,
+    scratch_ptrs: Vec<(P, P)>,
+    team: Team,
+}
+
+/// Positions the KV cache holds at first; it grows by doubling up to `max_positions`.
+const FIRST_KV_CAP: usize = 512;
+
+impl CpuDecoder {
+    pub fn new(spec: &DecoderSpec, threads: usize) -> Result<CpuDecoder> {
+        let s = spec;
+        let dims = Dims {
+            d: s.hidden_size,
+            nh: s.num_heads,
+            nkv: s.num_kv_heads,
+            hd: s.head_dim,
+            ff: s.intermediate_size,
+            vocab: s.vocab_size,
+            eps: s.rms_eps,
+            interleaved: s.rope_interleaved,
+        };
+        if dims.nkv == 0 || !dims.nh.is_multiple_of(dims.nkv) || !dims.hd.is_multiple_of(2) {
+            return Err(Error::msg(format!(
+                "fused decoder: {} heads, {} KV heads, head dim {}: heads must be a multiple of \
+                 KV heads and the head dim even",
+                dims.nh, dims.nkv, dims.hd
+            )));
+        }
+        if s.rope_inv_freq.len() != dims.hd / 2 {
+            return Err(Error::msg(format!(
+                "fused decoder: {} RoPE frequencies for head dim {}",
+                s.rope_inv_freq.len(),
+                dims.hd
+            )));
+        }
+        let (d, qd, kvd, ff) = (dims.d, dims.qd(), dims.kvd(), dims.ff);
+        let embedding = match &s.embedding {
+            Weight::Quant(q) => q.clone(),
+            Weight::Dense(t) => dense_to_q(t)?,
+        };
+        if embedding.dims() != [dims.vocab, d] {
+            return Err(Error::msg(format!(
+                "fused decoder: embedding is {:?}, expected [{}, {d}]",
+                embedding.dims(),
+                dims.vocab
+            )));
+        }
+        let mut layers = Vec::with_capacity(s.layers.len());
+        for (i, l) in s.layers.iter().enumerate() {
+            let n = |what: &str| format!("layer {i} {what}");
+            let bias = |b: &Option<Tensor>, len: usize, what: &str| -> Result<Option<Vec<f32>>> {
+                b.as_ref().map(|t| vec_of(t, len, &n(what))).transpose()
+            };
+            layers.push(Layer {
+                attn_norm: vec_of(&l.attn_norm, d, &n("attn_norm"))?,
+                wq: Mat::new(&l.wq, qd, d, &n("q"))?,
+                wk: Mat::new(&l.wk, kvd, d, &n("k"))?,
+                wv: Mat::new(&l.wv, kvd, d, &n("v"))?,
+                bq: bias(&l.bq, qd, "q bias")?,
+                bk: bias(&l.bk, kvd, "k bias")?,
+                bv: bias(&l.bv, kvd, "v bias")?,
+                wo: Mat::new(&l.wo, d, qd, &n("o"))?,
+                ffn_norm: vec_of(&l.ffn_norm, d, &n("ffn_norm"))?,
+                gate: Mat::new(&l.w_gate, ff, d, &n("gate"))?,
+                up: Mat::new(&l.w_up, ff, d, &n("up"))?,
+                down: Mat::new(&l.w_down, d, ff, &n("down"))?,
+                kc: Vec::new(),
+                vc: Vec::new(),
+            });
+        }
+        let mut dec = CpuDecoder {
+            dims,
+            embedding,
+            layers,
+            final_norm: vec_of(&s.final_norm, d, "final norm")?,
+            lm_head: Mat::new(&s.lm_head, dims.vocab, d, "lm_head")?,
+            inv_freq: s.rope_inv_freq.clone(),
+            rope_cos: Vec::new(),
+            rope_sin: Vec::new(),
+            kv_cap: 0,
+            max_positions: s.max_positions.max(1),
+            len: 0,
+            bufs: Bufs::default(),
+            kv_ptrs: Vec::new(),
+            scratch_ptrs: Vec::new(),
+            team: Team::new(threads),
+        };
+        dec.grow_kv(FIRST_KV_CAP.min(dec.max_positions));
+        dec.grow_bufs(1);
+        Ok(dec)
+    }
+
+    fn grow_kv(&mut self, cap: usize) {
+        if cap <= self.kv_cap {
+            return;
+        }
+        let kvd = self.dims.kvd();
+        for l in &mut self.layers {
+            l.kc.resize(cap * kvd, 0.0);
+            l.vc.resize(cap * kvd, 0.0);
+        }
+        let half = self.dims.hd / 2;
+        self.rope_cos.resize(cap * half, 0.0);
+        self.rope_sin.resize(cap * half, 0.0);
+        for p in self.kv_cap..cap {
+            for (i, f) in self.inv_freq.iter().enumerate() {
+                let (s, c) = (p as f32 * f).sin_cos();
+                self.rope_cos[p * half + i] = c;
+                self.rope_sin[p * half + i] = s;
+            }
+        }
+        self.kv_cap = cap;
+        let n = self.team.threads();
+        self.bufs.scores = vec![vec![0.0; cap]; n];
+        self.refresh_ptrs();
+    }
+
+    fn refresh_ptrs(&mut self) {
+        self.kv_ptrs = self
+            .layers
+            .iter_mut()
+            .map(|l| (P(l.kc.as_mut_ptr()), P(l.vc.as_mut_ptr())))
+            .collect();
+        let b = &mut self.bufs;
+        self.scratch_ptrs = b
+            .scores
+            .iter_mut()
+            .zip(b.row.iter_mut())
+            .map(|(s, r)| (P(s.as_mut_ptr()), P(r.as_mut_ptr())))
+            .collect();
+    }
+
+    fn grow_bufs(&mut self, t: usize) {
+        if t <= self.bufs.cap {
+            return;
+        }
+        let dm = self.dims;
+        let maxk = dm.d.max(dm.qd()).max(dm.ff);
+        let b = &mut self.bufs;
+        b.cap = t;
+        b.x = vec![0.0; t * dm.d];
+        b.xn = vec![0.0; t * maxk];
+        b.o = vec![0.0; t * dm.d];
+        b.q = vec![0.0; t * dm.qd()];
+        b.k = vec![0.0; t * dm.kvd()];
+        b.v = vec![0.0; t * dm.kvd()];
+        b.att = vec![0.0; t * dm.qd()];
+        b.g = vec![0.0; t * dm.ff];
+        b.u = vec![0.0; t * dm.ff];
+        b.a8 = vec![BlockQ8::default(); t * maxk.div_ceil(32)];
+        b.a8k = vec![BlockQ8K::default(); t * maxk.div_ceil(256)];
+        b.logits = vec![0.0; t * dm.vocab];
+        b.row = vec![vec![0.0; maxk]; self.team.threads()];
+        self.refresh_ptrs();
+    }
+}
+
+/// A pointer to a buffer that threads of the team write at disjoint places between barriers.
+#[derive(Clone, Copy)]
+struct P(*mut f32);
+// SAFETY: the team's barriers order every write before the reads of the next step, and the
+// work split gives each thread disjoint ranges to write.
+unsafe impl Send for P {}
+unsafe impl Sync for P {}
+
+impl P {
+    /// # Safety
+    /// `start..start + len` must lie in the buffer and no other thread may write it now.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct PQ<T>(*mut T);
+unsafe impl<T> Send for PQ<T> {}
+unsafe impl<T> Sync for PQ<T> {}
+
+/// `n` items split into `nth` near-equal contiguous parts; part `tid`.
+fn split(n: usize, tid: usize, nth: usize) -> Range<usize> {
+    let (q, r) = (n / nth, n % nth);
+    let start = tid * q + tid.min(r);
+    start..start + q + usize::from(tid < r)
+}
+
+/// Everything one forward call shares across the team.
+struct Ctx<'a> {
+    dims: Dims,
+    t: usize,
+    pos: usize,
+    nth: usize,
+    layers: &'a [Layer],
+    final_norm: &'a [f32],
+    lm_head: &'a Mat,
+    rope_cos: &'a [f32],
+    rope_sin: &'a [f32],
+    kv_cap: usize,
+    /// Rows of the output whose logits are wanted: the last, or all.
+    logit_rows: Range<usize>,
+    x: P,
+    xn: P,
+    o: P,
+    q: P,
+    k: P,
+    v: P,
+    att: P,
+    g: P,
+    u: P,
+    logits: P,
+    a8: PQ<BlockQ8>,
+    a8k: PQ<BlockQ8K>,
+    /// Per layer: the K and V caches.
+    kv: &'a [(P, P)],
+    /// Per thread: the scores buffer and the dequantized-row buffer.
+    scratch: &'a [(P, P)],
+    team: &'a Team,
+}
+
+impl Ctx<'_> {
+    /// Tokens this thread handles in token-split steps.
+    fn my_tokens(&self, tid: usize) -> Range<usize> {
+        split(self.t, tid, self.nth)
+    }
+
+    /// `xn[t] = rms_norm(x[t] (+ o[t] first when `add`)) · w` for this thread's tokens, then
+    /// quantize it for the products `mats` that read it.
+    unsafe fn norm_and_quantize(
+        &self,
+        tid: usize,
+        w: &[f32],
+        add: bool,
+        mats: &[&Mat],
+        rows: Range<usize>,
+    ) {
+        let d = self.dims.d;
+        for t in rows {
+            let x = self.x.slice(t * d, d);
+            if add {
+                let o = self.o.slice(t * d, d);
+                for (a, b) in x.iter_mut().zip(o.iter()) {
+                    *a += *b;
+                }
+            }
+            let xn = self.xn.slice(t * d, d);
+            attn::rms_norm(x, w, self.dims.eps, xn);
+            self.quantize_row(t, d, mats);
+        }
+        let _ = tid;
+    }
+
+    /// Quantize `xn[t]` (length `k`) into the activation formats `mats` need.
+    unsafe fn quantize_row(&self, t: usize, k: usize, mats: &[&Mat]) {
+        let xn = self.xn.slice(t * k, k);
+        let q8 = mats.iter().any(|m| matches!(m.kernel, Some(Kernel::Q8(_))));
+        let q8k = mats
+            .iter()
+            .any(|m| matches!(m.kernel, Some(Kernel::Q8K(_))));
+        if q8 {
+            let a = std::slice::from_raw_parts_mut(self.a8.0.add(t * k / 32), k / 32);
+            quant::quantize_q8(xn, a);
+        }
+        if q8k {
+            let a = std::slice::from_raw_parts_mut(self.a8k.0.add(t * k / 256), k / 256);
+            quant::quantize_q8k(xn, a);
+        }
+    }
+
+    /// `out[t] = m · xn[t]` for tokens `0..nt` (their activations were quantized by the
+    /// previous step): this thread's share of the tokens, or with one token its share of the
+    /// rows.
+    unsafe fn matmul(&self, tid: usize, m: &Mat, out: P, nt: usize) {
+        let (k, n) = (m.cols, m.rows);
+        let rb = m.w.row_bytes();
+        let data = m.w.data();
+        let (rows, toks) = if nt == 1 {
+            (split(n, tid, self.nth), 0..1)
+        } else {
+            (0..n, split(nt, tid, self.nth))
+        };
+        if rows.is_empty() || toks.is_empty() {
+            return;
+        }
+        let nc = toks.len();
+        let w = &data[rows.start * rb..rows.end * rb];
+        let out = out.slice(toks.start * n + rows.start, (nc - 1) * n + rows.len());
+        match m.kernel {
+            Some(Kernel::Q8(f)) => {
+                let a = std::slice::from_raw_parts(self.a8.0.add(toks.start * k / 32), nc * k / 32);
+                f(k, w, rows.len(), a, nc, out, n);
+            }
+            Some(Kernel::Q8K(f)) => {
+                let a =
+                    std::slice::from_raw_parts(self.a8k.0.add(toks.start * k / 256), nc * k / 256);
+                f(k, w, rows.len(), a, nc, out, n);
+            }
+            None => {
+                let row = self.scratch[tid].1.slice(0, k);
+                let xs = self.xn.slice(toks.start * k, nc * k);
+                for (ri, wr) in w.chunks_exact(rb).enumerate() {
+                    dequantize_into(m.w.ggml_type(), wr, row)
+                        .expect("row sizes were checked at load");
+                    for c in 0..nc {
+                        out[c * n + ri] = attn::dot(row, &xs[c * k..(c + 1) * k]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The whole forward pass, run by every thread of the team.
+    unsafe fn run(&self, tid: usize) {
+        let dm = self.dims;
+        let mine = self.my_tokens(tid);
+        let bar = || self.team.barrier();
+        for (li, l) in self.layers.iter().enumerate() {
+            // Attention input: residual (+ the previous layer's FFN output), norm, quantize.
+            self.norm_and_quantize(
+                tid,
+                &l.attn_norm,
+                li > 0,
+                &[&l.wq, &l.wk, &l.wv],
+                mine.clone(),
+            );
+            bar();
+            self.matmul(tid, &l.wq, self.q, self.t);
+            self.matmul(tid, &l.wk, self.k, self.t);
+            self.matmul(tid, &l.wv, self.v, self.t);
+            bar();
+            // Biases, RoPE, and the new keys/values into the cache.
+            let units = self.t * (dm.nh + dm.nkv);
+            for u in split(units, tid, self.nth) {
+                let (t, h) = (u / (dm.nh + dm.nkv), u % (dm.nh + dm.nkv));
+                let p = self.pos + t;
+                let (cos, sin) = (
+                    &self.rope_cos[p * dm.hd / 2..(p + 1) * dm.hd / 2],
+                    &self.rope_sin[p * dm.hd / 2..(p + 1) * dm.hd / 2],
+                );
+                if h < dm.nh {
+                    let q = self.q.slice(t * dm.qd() + h * dm.hd, dm.hd);
+                    if let Some(b) = &l.bq {
+                        attn::add(q, &b[h * dm.hd..(h + 1) * dm.hd]);
+                    }
+                    attn::rope(q, cos, sin, dm.interleaved);
+                } else {
+                    let g = h - dm.nh;
+                    let r = g * dm.hd..(g + 1) * dm.hd;
+                    let k = self.k.slice(t * dm.kvd() + r.start, dm.hd);
+                    let v = self.v.slice(t * dm.kvd() + r.start, dm.hd);
+                    if let Some(b) = &l.bk {
+                        attn::add(k, &b[r.clone()]);
+                    }
+                    if let Some(b) = &l.bv {
+                        attn::add(v, &b[r.clone()]);
+                    }
+                    attn::rope(k, cos, sin, dm.interleaved);
+                    self.kv[li]
+                        .0
+                        .slice(p * dm.kvd() + r.start, dm.hd)
+                        .copy_from_slice(k);
+                    self.kv[li]
+                        .1
+                        .slice(p * dm.kvd() + r.start, dm.hd)
+                        .copy_from_slice(v);
+                }
+            }
+            bar();
+            // Causal attention of every (token, head) over the cache.
+            let scale = 1.0 / (dm.hd as f32).sqrt();
+            let group = dm.nh / dm.nkv;
+            for u in split(self.t * dm.nh, tid, self.nth) {
+                let (t, h) = (u / dm.nh, u % dm.nh);
+                let npos = self.pos + t + 1;
+                let g = h / group;
+                let kc = self.kv[li].0.slice(0, self.kv_cap * dm.kvd());
+                let vc = self.kv[li].1.slice(0, self.kv_cap * dm.kvd());
+                attn::attend(
+                    self.q.slice(t * dm.qd() + h * dm.hd, dm.hd),
+                    &kc[g * dm.hd..],
+                    &vc[g * dm.hd..],
+                    dm.kvd(),
+                    npos,
+                    scale,
+                    self.scratch[tid].0.slice(0, npos),
+                    self.att.slice(t * dm.qd() + h * dm.hd, dm.hd),
+                );
+            }
+            bar();
+            for t in mine.clone() {
+                self.xn
+                    .slice(t * dm.qd(), dm.qd())
+                    .copy_from_slice(self.att.slice(t * dm.qd(), dm.qd()));
+                self.quantize_row(t, dm.qd(), &[&l.wo]);
+            }
+            bar();
+            self.matmul(tid, &l.wo, self.o, self.t);
+            bar();
+            self.norm_and_quantize(tid, &l.ffn_norm, true, &[&l.gate, &l.up], mine.clone());
+            bar();
+            self.matmul(tid, &l.gate, self.g, self.t);
+            self.matmul(tid, &l.up, self.u, self.t);
+            bar();
+            for t in mine.clone() {
+                let g = self.g.slice(t * dm.ff, dm.ff);
+                attn::silu_mul(
+                    g,
+                    self.u.slice(t * dm.ff, dm.ff),
+                    self.xn.slice(t * dm.ff, dm.ff),
+                );
+                self.quantize_row(t, dm.ff, &[&l.down]);
+            }
+            bar();
+            self.matmul(tid, &l.down, self.o, self.t);
+            bar();
+        }
+        // Final norm and the head, for the rows whose logits are wanted (their index in the
+        // logits buffer counts from the first of them).
+        let lr = self.logit_rows.clone();
+        for t in split(lr.len(), tid, self.nth) {
+            let src = lr.start + t;
+            let x = self.x.slice(src * dm.d, dm.d);
+            let o = self.o.slice(src * dm.d, dm.d);
+            for (a, b) in x.iter_mut().zip(o.iter()) {
+                *a += *b;
+            }
+            attn::rms_norm(x, self.final_norm, dm.eps, self.xn.slice(t * dm.d, dm.d));
+            self.quantize_row(t, dm.d, &[self.lm_head]);
+        }
+        bar();
+        self.matmul(tid, self.lm_head, self.logits, lr.len());
+    }
+}
+
+impl FusedDecoder for CpuDecoder {
+    fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<&[f32]> {
+        let t = tokens.len();
+        if t == 0 {
+            return Err(Error::msg(
+                "fused decoder: forward needs at least one token",
+            ));
+        }
+        let dm = self.dims;
+        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= dm.vocab) {
+            return Err(Error::msg(format!(
+                "fused decoder: token id {bad} is outside the vocabulary of {}",
+                dm.vocab
+            )));
+        }
+        let end = self.len + t;
+        if end > self.max_positions {
+            return Err(Error::msg(format!(
+                "fused decoder: {end} positions exceed the maximum of {}",
+                self.max_positions
+            )));
+        }
+        if end > self.kv_cap {
+            self.grow_kv(end.max(2 * self.kv_cap).min(self.max_positions));
+        }
+        self.grow_bufs(t);
+        let row_bytes = self.embedding.row_bytes();
+        for (i, &id) in tokens.iter().enumerate() {
+            let id = id as usize;
+            let src = &self.embedding.data()[id * row_bytes..(id + 1) * row_bytes];
+            dequantize_into(
+                self.embedding.ggml_type(),
+                src,
+                &mut self.bufs.x[i * dm.d..(i + 1) * dm.d],
+            )?;
+        }
+        let b = &mut self.bufs;
+        let ctx = Ctx {
+            dims: dm,
+            t,
+            pos: self.len,
+            nth: self.team.threads(),
+            layers: &self.layers,
+            final_norm: &self.final_norm,
+            lm_head: &self.lm_head,
+            rope_cos: &self.rope_cos,
+            rope_sin: &self.rope_sin,
+            kv_cap: self.kv_cap,
+            logit_rows: if all_logits { 0..t } else { t - 1..t },
+            x: P(b.x.as_mut_ptr()),
+            xn: P(b.xn.as_mut_ptr()),
+            o: P(b.o.as_mut_ptr()),
+            q: P(b.q.as_mut_ptr()),
+            k: P(b.k.as_mut_ptr()),
+            v: P(b.v.as_mut_ptr()),
+            att: P(b.att.as_mut_ptr()),
+            g: P(b.g.as_mut_ptr()),
+            u: P(b.u.as_mut_ptr()),
+            logits: P(b.logits.as_mut_ptr()),
+            a8: PQ(b.a8.as_mut_ptr()),
+            a8k: PQ(b.a8k.as_mut_ptr()),
+            kv: &self.kv_ptrs,
+            scratch: &self.scratch_ptrs,
+            team: &self.team,
+        };
+        // SAFETY: `ctx` points into buffers sized for `t` tokens and `kv_cap` positions above;
+        // `Ctx::run` splits the writes between threads and orders them with barriers.
+        self.team.run(&|tid| unsafe { ctx.run(tid) });
+        self.len = end;
+        let n = if all_logits { t * dm.vocab } else { dm.vocab };
+        Ok(&self.bufs.logits[..n])
+    }
+
+    fn cache_len(&self) -> usize {
+        self.len
+    }
+
+    fn truncate(&mut self, len: usize) -> Result<()> {
+        if len > self.len {
+            return Err(Error::msg(format!(
+                "fused decoder: cannot truncate a cache of {} positions to {len}",
+                self.len
+            )));
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    fn threads(&self) -> usize {
+        self.team.threads()
+    }
+}

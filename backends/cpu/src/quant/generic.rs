@@ -1,0 +1,1 @@
+//! The fallback for weight types without a kernel: dequantize one row at a time.
