@@ -4,11 +4,10 @@
 //!
 //! Every weight type has a scalar reference kernel and, where they pay, AVX2 and AVX-512
 //! (VNNI) kernels chosen at run time; tests compare each SIMD path with the scalar one on
-//! random data. Types without a kernel of their own go through [`generic`], which
-//! dequantizes a row at a time and takes f32 dot products.
+//! random data. Types without a kernel of their own fall back to dequantizing: the
+//! default `qmatmul` composition, or one row at a time in the fused decoder.
 
 pub mod act;
-mod generic;
 mod kquants;
 mod legacy;
 

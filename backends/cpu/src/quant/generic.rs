@@ -1,1 +1,0 @@
-//! The fallback for weight types without a kernel: dequantize one row at a time.
