@@ -85,8 +85,9 @@ impl Team {
         if mine.is_err() {
             inner.panicked.store(true, Ordering::Relaxed);
         }
+        let mut spins = 0u32;
         while inner.done.load(Ordering::Acquire) != inner.n - 1 {
-            std::hint::spin_loop();
+            pause(&mut spins);
         }
         if inner.panicked.swap(false, Ordering::Relaxed) {
             panic!("a decoder thread panicked");
@@ -106,10 +107,25 @@ impl Team {
             inner.bar_count.store(0, Ordering::Relaxed);
             inner.bar_gen.fetch_add(1, Ordering::Release);
         } else {
+            let mut spins = 0u32;
             while inner.bar_gen.load(Ordering::Acquire) == gen {
-                std::hint::spin_loop();
+                pause(&mut spins);
             }
         }
+    }
+}
+
+/// Spins before a waiter at a barrier yields its core: when other processes compete for the
+/// cores, the thread it waits for may be descheduled, and spinning would only delay it.
+const SPINS_BEFORE_YIELD: u32 = 1 << 11;
+
+#[inline]
+fn pause(spins: &mut u32) {
+    if *spins < SPINS_BEFORE_YIELD {
+        *spins += 1;
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
     }
 }
 

@@ -281,6 +281,107 @@ mod avx512 {
         _mm512_dpbusd_epi32(_mm512_slli_epi32(h, 7), w, lo)
     }
 
+    /// An f16 (its bits) as f32, in one F16C instruction.
+    #[inline]
+    #[target_feature(enable = "f16c")]
+    fn h2f(x: u16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(x as i32)))
+    }
+
+    /// Two consecutive blocks of one row as 64 unsigned bytes (block `i` in the low half),
+    /// their scales spread over the lanes their sums land in, and their `mc` terms.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
+    unsafe fn pair<const T: u8>(p: *const u8) -> (__m512i, __m512, f32, f32) {
+        let bs = block_bytes(T);
+        let q = p.add(bs);
+        let d0 = h2f(u16::from_le_bytes([*p, *p.add(1)]));
+        let d1 = h2f(u16::from_le_bytes([*q, *q.add(1)]));
+        let dwv = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d0), _mm512_set1_ps(d1));
+        if T == Q8_0 {
+            let v = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256(p.add(2) as *const __m256i)),
+                _mm256_loadu_si256(q.add(2) as *const __m256i),
+                1,
+            );
+            let v = _mm512_xor_si512(v, _mm512_set1_epi8(-128));
+            return (v, dwv, -128.0 * d0, -128.0 * d1);
+        }
+        let off = match T {
+            Q4_0 | IQ4_NL => 2,
+            Q4_1 => 4,
+            Q5_0 => 6,
+            _ => 8,
+        };
+        // [b0 qs | b1 qs] -> low nibbles and high nibbles -> [b0 lo, b0 hi, b1 lo, b1 hi].
+        let qs = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128(p.add(off) as *const __m128i)),
+            _mm_loadu_si128(q.add(off) as *const __m128i),
+            1,
+        );
+        let m4 = _mm256_set1_epi8(15);
+        let lo = _mm256_and_si256(qs, m4);
+        let hi = _mm256_and_si256(_mm256_srli_epi16(qs, 4), m4);
+        let z = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        let mut v = _mm512_shuffle_i64x2(z, z, 0b11_01_10_00);
+        if T == Q5_0 || T == Q5_1 {
+            let h = if T == Q5_1 { 4 } else { 2 };
+            let qh0 = u32::from_le_bytes([*p.add(h), *p.add(h + 1), *p.add(h + 2), *p.add(h + 3)]);
+            let qh1 = u32::from_le_bytes([*q.add(h), *q.add(h + 1), *q.add(h + 2), *q.add(h + 3)]);
+            let mask = qh0 as u64 | (qh1 as u64) << 32;
+            v = _mm512_mask_add_epi8(v, mask, v, _mm512_set1_epi8(16));
+        }
+        if T == IQ4_NL {
+            let tbl = _mm512_broadcast_i32x4(_mm_setr_epi8(
+                1, 24, 45, 63, 79, 93, 106, 118, -127, -115, -103, -90, -75, -59, -39, -15,
+            ));
+            v = _mm512_shuffle_epi8(tbl, v);
+        }
+        let (m0, m1) = match T {
+            Q4_0 => (-8.0 * d0, -8.0 * d1),
+            Q5_0 => (-16.0 * d0, -16.0 * d1),
+            IQ4_NL => (-128.0 * d0, -128.0 * d1),
+            _ => (
+                h2f(u16::from_le_bytes([*p.add(2), *p.add(3)])),
+                h2f(u16::from_le_bytes([*q.add(2), *q.add(3)])),
+            ),
+        };
+        (v, dwv, m0, m1)
+    }
+
+    /// One activation column (`nc == 1`, decode): rows in groups of four share each
+    /// activation load, and blocks are decoded in registers, never stored.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn matvec<const T: u8>(nb: usize, w: &[u8], nr: usize, a: &[BlockQ8], out: &mut [f32]) {
+        const R: usize = 4;
+        let bs = block_bytes(T);
+        let rb = nb * bs;
+        let mut r = 0;
+        while r < nr {
+            let rn = (nr - r).min(R);
+            let mut acc = [_mm512_setzero_ps(); R];
+            let mut accm = [0f32; R];
+            let mut i = 0;
+            while i < nb {
+                let ap = a.as_ptr().add(i);
+                let (hi, lo, d) = act2(ap);
+                let (s0, s1) = ((*ap).s, (*ap.add(1)).s);
+                for j in 0..rn {
+                    let (wv, dwv, m0, m1) = pair::<T>(w.as_ptr().add((r + j) * rb + i * bs));
+                    let dot = dot2(wv, hi, lo);
+                    acc[j] =
+                        _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dwv, d), acc[j]);
+                    accm[j] += m0 * s0 + m1 * s1;
+                }
+                i += 2;
+            }
+            for j in 0..rn {
+                out[r + j] = _mm512_reduce_add_ps(acc[j]) + accm[j];
+            }
+            r += rn;
+        }
+    }
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn gemm<const T: u8>(
         n: usize,
@@ -293,6 +394,10 @@ mod avx512 {
     ) {
         let nb = n / 32;
         let rb = nb * block_bytes(T);
+        if nc == 1 && nb.is_multiple_of(2) {
+            matvec::<T>(nb, w, nr, a, out);
+            return;
+        }
         let mut u = [0u8; CHUNK];
         let mut dw = [0f32; CHUNK / 32];
         let mut mc = [0f32; CHUNK / 32];

@@ -203,7 +203,16 @@ pub(crate) mod testing {
         assert!(!all.is_empty(), "{ty}: no kernels");
         assert_eq!(all[0].name, "scalar");
         let blk = ty.block_size().max(32);
-        for &(nb, nr, nc) in &[(1, 1, 1), (3, 5, 1), (8, 7, 3), (9, 9, 6), (24, 4, 5)] {
+        for &(nb, nr, nc) in &[
+            (1, 1, 1),
+            (2, 1, 1),
+            (3, 5, 1),
+            (8, 6, 1),
+            (18, 9, 1),
+            (8, 7, 3),
+            (9, 9, 6),
+            (24, 4, 5),
+        ] {
             let n = nb * blk;
             let w = random_blocks(ty, n / ty.block_size() * nr, 7 + n as u64);
             let x = random_acts(n, nc, 11 + nr as u64);
