@@ -394,7 +394,16 @@ fn smollm2_gguf_matches_transformers() -> Result<()> {
     let l = ids.len();
 
     let t0 = Instant::now();
-    let mut lm = load(&path, &dev())?;
+    // The module graph over dequantized weights, in f32 like transformers; the fused
+    // quantized decoder is held to this graph in tests/fused.rs.
+    let mut lm = load_with(
+        &path,
+        &dev(),
+        &LoadOptions {
+            fused: false,
+            ..LoadOptions::default()
+        },
+    )?;
     println!(
         "SmolLM2 loaded in {:.2}s: {:?}",
         t0.elapsed().as_secs_f64(),

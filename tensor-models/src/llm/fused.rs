@@ -102,25 +102,33 @@ pub(crate) fn gguf_spec(
     }))
 }
 
-/// A [`CausalLm`] over a fused decoder: batch 1, logits copied out of the decoder's buffer.
+/// A [`CausalLm`] over fused decoders, one per sequence of a batch (made on first use; rows
+/// run one after the other), logits copied out of the decoders' buffers.
 pub struct FusedLm {
     info: LmInfo,
     device: Device,
-    inner: Box<dyn FusedDecoder>,
+    spec: DecoderSpec,
+    inner: Vec<Box<dyn FusedDecoder>>,
 }
 
 impl FusedLm {
-    pub(crate) fn new(info: LmInfo, device: Device, inner: Box<dyn FusedDecoder>) -> FusedLm {
+    pub(crate) fn new(
+        info: LmInfo,
+        device: Device,
+        spec: DecoderSpec,
+        first: Box<dyn FusedDecoder>,
+    ) -> FusedLm {
         FusedLm {
             info,
             device,
-            inner,
+            spec,
+            inner: vec![first],
         }
     }
 
-    /// The engine itself, for callers that want its allocation-free interface.
+    /// The engine of the first sequence, for callers that want its allocation-free interface.
     pub fn decoder(&mut self) -> &mut dyn FusedDecoder {
-        &mut *self.inner
+        &mut *self.inner[0]
     }
 
     fn run(&mut self, ids: &Tensor, pos: usize, all: bool) -> Result<Tensor> {
@@ -131,24 +139,18 @@ impl FusedLm {
                 ids.dims()
             ));
         }
-        if ids.dims()[0] != 1 {
-            return bad(format!(
-                "the fused decoder runs one sequence at a time, got a batch of {} (load with \
-                 LoadOptions {{ fused: false, .. }} for batches)",
-                ids.dims()[0]
-            ));
-        }
         if ids.dtype().is_float() {
             return bad(format!("token ids must be integers, got {}", ids.dtype()));
         }
-        if pos != self.inner.cache_len() {
+        let (b, l) = (ids.dims()[0], ids.dims()[1]);
+        if pos != self.cache_len() || (pos > 0 && b > self.inner.len()) {
             return bad(format!(
-                "forward at position {pos}, but the cache holds {} positions (call reset or \
-                 truncate_cache first)",
-                self.inner.cache_len()
+                "forward of {b} sequences at position {pos}, but the cache holds {} positions \
+                 of {} (call reset or truncate_cache first)",
+                self.cache_len(),
+                self.inner.len()
             ));
         }
-        let l = ids.dims()[1];
         if pos + l > self.info.max_seq_len {
             return bad(format!(
                 "positions {pos}..{} exceed max_seq_len {}",
@@ -163,9 +165,27 @@ impl FusedLm {
             .into_iter()
             .map(|x| u32::try_from(x).unwrap_or(u32::MAX))
             .collect();
-        let logits = self.inner.forward(&toks, all)?.to_vec();
+        while self.inner.len() < b {
+            let dec = self
+                .device
+                .backend()
+                .fused_decoder(&self.spec)?
+                .ok_or_else(|| {
+                    Error::msg("the backend no longer offers a fused decoder for this model")
+                })?;
+            self.inner.push(dec);
+        }
         let rows = if all { l } else { 1 };
-        Tensor::from_vec(logits, (1, rows, self.info.vocab_size), &self.device)
+        let mut logits = Vec::with_capacity(b * rows * self.info.vocab_size);
+        for (i, dec) in self.inner.iter_mut().take(b).enumerate() {
+            if pos == 0 {
+                dec.truncate(0)?;
+            }
+            logits.extend_from_slice(dec.forward(&toks[i * l..(i + 1) * l], all)?);
+        }
+        // Sequences beyond this batch would go stale; forget them.
+        self.inner.truncate(b.max(1));
+        Tensor::from_vec(logits, (b, rows, self.info.vocab_size), &self.device)
     }
 }
 
@@ -187,15 +207,20 @@ impl CausalLm for FusedLm {
     }
 
     fn reset(&mut self) {
-        // Truncating to zero cannot fail.
-        let _ = self.inner.truncate(0);
+        for d in &mut self.inner {
+            // Truncating to zero cannot fail.
+            let _ = d.truncate(0);
+        }
     }
 
     fn cache_len(&self) -> usize {
-        self.inner.cache_len()
+        self.inner[0].cache_len()
     }
 
     fn truncate_cache(&mut self, len: usize) -> Result<()> {
-        self.inner.truncate(len)
+        for d in &mut self.inner {
+            d.truncate(len)?;
+        }
+        Ok(())
     }
 }

@@ -166,7 +166,7 @@ fn load_gguf(path: &Path, device: &Device, opts: &LoadOptions) -> Result<LoadedL
                     eos_token_ids: cfg.eos_token_ids.clone(),
                     bos_token_id: cfg.bos_token_id,
                 };
-                let model = Box::new(FusedLm::new(info, device.clone(), dec));
+                let model = Box::new(FusedLm::new(info, device.clone(), spec, dec));
                 return Ok(LoadedLm {
                     model,
                     config: cfg,
