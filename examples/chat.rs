@@ -20,7 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tensor_io::chat_template::{ChatMessage, ChatTemplate};
 use tensor_io::hub::{Hub, RepoType};
 use tensor_io::tokenizer::Tokenizer;
-use tensor_models::generation::{generate, GenerationStats, SamplingParams};
+use tensor_models::generation::{generate, SamplingParams};
 use tensor_models::llm::{load, LoadedLm};
 
 const USAGE: &str = "usage: chat [options]
@@ -398,28 +398,6 @@ struct Chat {
     stats_json: bool,
 }
 
-/// The peak resident set size of this process in MiB (`VmHWM`), if the system reports it.
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line
-        .trim_start_matches("VmHWM:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
-
-fn json_num(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x:.3}")
-    } else {
-        "null".into()
-    }
-}
-
 impl Chat {
     /// Generate the assistant's reply to `messages`, streaming it to stdout.
     fn reply(&mut self, messages: &[ChatMessage]) -> Result<String, String> {
@@ -463,37 +441,10 @@ impl Chat {
             .flush()
             .map_err(|e| format!("writing to stdout: {e}"))?;
         drop(stdout);
-        self.report(&out.stats);
+        tensor_examples::report_stats(&out.stats, self.stats_json);
         // Advance the seed so that a repeated question gets a fresh sample.
         self.params.seed = self.params.seed.wrapping_add(1);
         Ok(out.text)
-    }
-
-    fn report(&self, s: &GenerationStats) {
-        let ttft_ms = s.time_to_first_token.as_secs_f64() * 1e3;
-        let rss = peak_rss_mb();
-        eprintln!(
-            "[prompt tokens: {}, generated tokens: {}, time to first token: {ttft_ms:.0} ms, \
-             prefill: {:.1} tok/s, decode: {:.1} tok/s{}]",
-            s.prompt_tokens,
-            s.generated_tokens,
-            s.prefill_tokens_per_s,
-            s.decode_tokens_per_s,
-            rss.map(|r| format!(", peak RSS: {r:.0} MB"))
-                .unwrap_or_default()
-        );
-        if self.stats_json {
-            eprintln!(
-                "{{\"prompt_tokens\":{},\"generated_tokens\":{},\"ttft_ms\":{},\
-                 \"prefill_tok_s\":{},\"decode_tok_s\":{},\"peak_rss_mb\":{}}}",
-                s.prompt_tokens,
-                s.generated_tokens,
-                json_num(ttft_ms),
-                json_num(s.prefill_tokens_per_s),
-                json_num(s.decode_tokens_per_s),
-                rss.map_or_else(|| "null".into(), json_num),
-            );
-        }
     }
 }
 
@@ -595,35 +546,11 @@ fn run(args: Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(msg) => {
-            eprintln!("chat: {msg}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    if let Some(n) = args.threads {
-        if let Err(e) = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-        {
-            eprintln!("chat: cannot start {n} threads: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    match std::panic::catch_unwind(|| run(args)) {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(msg)) => {
-            eprintln!("chat: {msg}");
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!("chat: internal error (panic)");
-            ExitCode::FAILURE
-        }
-    }
+    tensor_examples::cli_main(
+        "chat",
+        USAGE,
+        parse_args(std::env::args().skip(1)),
+        |a| a.threads,
+        run,
+    )
 }

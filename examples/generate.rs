@@ -25,7 +25,7 @@ use std::process::ExitCode;
 
 use tensor_io::gguf::GgufFile;
 use tensor_io::tokenizer::Tokenizer;
-use tensor_models::generation::{generate, GenerationStats, SamplingParams};
+use tensor_models::generation::{generate, SamplingParams};
 use tensor_models::llm::{gguf_tokenizer_spec, load_with, LoadOptions};
 
 const USAGE: &str =
@@ -220,56 +220,6 @@ fn fit_tokens(ids: &[u32], n: usize) -> Vec<u32> {
     ids.iter().copied().cycle().take(n).collect()
 }
 
-/// The peak resident set size of this process in MiB (`VmHWM`), if the system reports it.
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line
-        .trim_start_matches("VmHWM:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
-
-fn json_num(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x:.3}")
-    } else {
-        "null".into()
-    }
-}
-
-/// The chat example's statistics: one human line, and with `json` one JSON line, on stderr.
-fn report(s: &GenerationStats, json: bool) {
-    let ttft_ms = s.time_to_first_token.as_secs_f64() * 1e3;
-    let rss = peak_rss_mb();
-    eprintln!(
-        "[prompt tokens: {}, generated tokens: {}, time to first token: {ttft_ms:.0} ms, \
-         prefill: {:.1} tok/s, decode: {:.1} tok/s{}]",
-        s.prompt_tokens,
-        s.generated_tokens,
-        s.prefill_tokens_per_s,
-        s.decode_tokens_per_s,
-        rss.map(|r| format!(", peak RSS: {r:.0} MB"))
-            .unwrap_or_default()
-    );
-    if json {
-        eprintln!(
-            "{{\"prompt_tokens\":{},\"generated_tokens\":{},\"ttft_ms\":{},\
-             \"prefill_tok_s\":{},\"decode_tok_s\":{},\"peak_rss_mb\":{}}}",
-            s.prompt_tokens,
-            s.generated_tokens,
-            json_num(ttft_ms),
-            json_num(s.prefill_tokens_per_s),
-            json_num(s.decode_tokens_per_s),
-            rss.map_or_else(|| "null".into(), json_num),
-        );
-    }
-}
-
 fn run(args: Args) -> Result<(), String> {
     let tokenizer = tokenizer_for(&args.model)?;
     let mut prompt = match &args.prompt {
@@ -363,42 +313,18 @@ fn run(args: Args) -> Result<(), String> {
         .and_then(|_| stdout.flush())
         .map_err(|e| format!("writing to stdout: {e}"))?;
     drop(stdout);
-    report(&out.stats, args.stats_json);
+    tensor_examples::report_stats(&out.stats, args.stats_json);
     Ok(())
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(msg) => {
-            eprintln!("generate: {msg}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    if let Some(n) = args.threads {
-        if let Err(e) = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-        {
-            eprintln!("generate: cannot start {n} threads: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    match std::panic::catch_unwind(|| run(args)) {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(msg)) => {
-            eprintln!("generate: {msg}");
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!("generate: internal error (panic)");
-            ExitCode::FAILURE
-        }
-    }
+    tensor_examples::cli_main(
+        "generate",
+        USAGE,
+        parse_args(std::env::args().skip(1)),
+        |a| a.threads,
+        run,
+    )
 }
 
 #[cfg(test)]

@@ -1483,37 +1483,13 @@ fn run(args: Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(msg) => {
-            eprintln!("quantize: {msg}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    if let Some(n) = args.threads {
-        if let Err(e) = rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-        {
-            eprintln!("quantize: cannot start {n} threads: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    match std::panic::catch_unwind(|| run(args)) {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(msg)) => {
-            eprintln!("quantize: {msg}");
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!("quantize: internal error (panic)");
-            ExitCode::FAILURE
-        }
-    }
+    tensor_examples::cli_main(
+        "quantize",
+        USAGE,
+        parse_args(std::env::args().skip(1)),
+        |a| a.threads,
+        run,
+    )
 }
 
 #[cfg(test)]
