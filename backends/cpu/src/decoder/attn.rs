@@ -48,27 +48,31 @@ pub fn add(a: &mut [f32], b: &[f32]) {
     }
 }
 
-struct RmsNorm<'a> {
+/// `1 / sqrt(mean(x²) + eps)`, the RMS norm's scale.
+pub fn rms_inv(x: &[f32], eps: f32) -> f32 {
+    let ms = dot(x, x) / x.len() as f32;
+    1.0 / (ms + eps).sqrt()
+}
+
+struct ScaleMul<'a> {
     x: &'a [f32],
     w: &'a [f32],
-    eps: f32,
+    r: f32,
     out: &'a mut [f32],
 }
-impl Kernel for RmsNorm<'_> {
+impl Kernel for ScaleMul<'_> {
     type Out = ();
     #[inline(always)]
     fn run<M: Simd>(self, _m: M) {
-        let ms = dot_lanes(self.x, self.x) / self.x.len() as f32;
-        let r = 1.0 / (ms + self.eps).sqrt();
         for ((o, &x), &w) in self.out.iter_mut().zip(self.x).zip(self.w) {
-            *o = x * r * w;
+            *o = x * self.r * w;
         }
     }
 }
 
-/// `out = x / sqrt(mean(x²) + eps) · w`.
-pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    dispatch(RmsNorm { x, w, eps, out })
+/// `out = x · r · w`: the RMS norm applied with `r` from [`rms_inv`].
+pub fn scale_mul(x: &[f32], w: &[f32], r: f32, out: &mut [f32]) {
+    dispatch(ScaleMul { x, w, r, out })
 }
 
 /// Rotate one head in place by the angles whose cosines and sines are given (`hd / 2` each):

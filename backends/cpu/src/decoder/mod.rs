@@ -339,12 +339,31 @@ impl P {
     unsafe fn slice(&self, start: usize, len: usize) -> &mut [f32] {
         std::slice::from_raw_parts_mut(self.0.add(start), len)
     }
+
+    /// # Safety
+    /// `start..start + len` must lie in the buffer and no thread may write it now.
+    unsafe fn get(&self, start: usize, len: usize) -> &[f32] {
+        std::slice::from_raw_parts(self.0.add(start), len)
+    }
 }
 
 #[derive(Clone, Copy)]
 struct PQ<T>(*mut T);
 unsafe impl<T> Send for PQ<T> {}
 unsafe impl<T> Sync for PQ<T> {}
+
+/// The activation block of the products `mats`: 256 values when one reads [`BlockQ8K`]s,
+/// else 32.
+fn unit(mats: &[&Mat]) -> usize {
+    if mats
+        .iter()
+        .any(|m| matches!(m.kernel, Some(Kernel::Q8K(_))))
+    {
+        256
+    } else {
+        32
+    }
+}
 
 /// `n` items split into `nth` near-equal contiguous parts; part `tid`.
 fn split(n: usize, tid: usize, nth: usize) -> Range<usize> {
@@ -387,52 +406,83 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Tokens this thread handles in token-split steps.
-    fn my_tokens(&self, tid: usize) -> Range<usize> {
-        split(self.t, tid, self.nth)
+    /// This thread's part of a per-token step over rows of `k` values: with at least as many
+    /// tokens as threads, its share of the tokens, whole; with fewer (decode), every token but
+    /// only its share of each row, in units of `unit` values (the activation block of the
+    /// products that read the result), so no thread idles while another normalizes.
+    fn row_share(
+        &self,
+        tid: usize,
+        nt: usize,
+        k: usize,
+        unit: usize,
+    ) -> (Range<usize>, Range<usize>) {
+        if nt >= self.nth {
+            (split(nt, tid, self.nth), 0..k)
+        } else {
+            let u = split(k.div_ceil(unit), tid, self.nth);
+            (0..nt, (u.start * unit).min(k)..(u.end * unit).min(k))
+        }
     }
 
-    /// `xn[t] = rms_norm(x[t] (+ o[t] first when `add`)) · w` for this thread's tokens, then
-    /// quantize it for the products `mats` that read it.
+    /// `xn[t] = rms_norm(x[first + t]) · w` for `t < nt`, quantized for the products `mats`
+    /// that read it: this thread's part (every thread computes the row's norm itself).
     unsafe fn norm_and_quantize(
         &self,
         tid: usize,
         w: &[f32],
-        add: bool,
         mats: &[&Mat],
-        rows: Range<usize>,
+        first: usize,
+        nt: usize,
     ) {
         let d = self.dims.d;
-        for t in rows {
-            let x = self.x.slice(t * d, d);
-            if add {
-                let o = self.o.slice(t * d, d);
-                for (a, b) in x.iter_mut().zip(o.iter()) {
-                    *a += *b;
-                }
-            }
-            let xn = self.xn.slice(t * d, d);
-            attn::rms_norm(x, w, self.dims.eps, xn);
-            self.quantize_row(t, d, mats);
+        let (toks, e) = self.row_share(tid, nt, d, unit(mats));
+        for t in toks {
+            let x = self.x.get((first + t) * d, d);
+            let r = attn::rms_inv(x, self.dims.eps);
+            let xn = self.xn.slice(t * d + e.start, e.len());
+            attn::scale_mul(&x[e.clone()], &w[e.clone()], r, xn);
+            self.quantize_range(t, d, e.clone(), mats);
         }
-        let _ = tid;
     }
 
-    /// Quantize `xn[t]` (length `k`) into the activation formats `mats` need.
-    unsafe fn quantize_row(&self, t: usize, k: usize, mats: &[&Mat]) {
-        let xn = self.xn.slice(t * k, k);
+    /// Quantize `xn[t][e]` (rows of `k`; `e` on block boundaries) into the activation
+    /// formats `mats` need.
+    unsafe fn quantize_range(&self, t: usize, k: usize, e: Range<usize>, mats: &[&Mat]) {
+        if e.is_empty() {
+            return;
+        }
+        let xn = self.xn.get(t * k + e.start, e.len());
         let q8 = mats.iter().any(|m| matches!(m.kernel, Some(Kernel::Q8(_))));
         let q8k = mats
             .iter()
             .any(|m| matches!(m.kernel, Some(Kernel::Q8K(_))));
         if q8 {
-            let a = std::slice::from_raw_parts_mut(self.a8.0.add(t * k / 32), k / 32);
+            let a =
+                std::slice::from_raw_parts_mut(self.a8.0.add((t * k + e.start) / 32), e.len() / 32);
             quant::quantize_q8(xn, a);
         }
         if q8k {
-            let a = std::slice::from_raw_parts_mut(self.a8k.0.add(t * k / 256), k / 256);
+            let a = std::slice::from_raw_parts_mut(
+                self.a8k.0.add((t * k + e.start) / 256),
+                e.len() / 256,
+            );
             quant::quantize_q8k(xn, a);
         }
+    }
+
+    /// `o = m · xn` (as [`Ctx::matmul`]), then the residual `x += o` for the outputs this
+    /// thread computed, so the next step's norm only reads `x`.
+    unsafe fn matmul_residual(&self, tid: usize, m: &Mat) {
+        self.matmul(tid, m, self.o, self.t);
+        let d = self.dims.d;
+        let r = if self.t == 1 {
+            split(d, tid, self.nth)
+        } else {
+            let toks = split(self.t, tid, self.nth);
+            toks.start * d..toks.end * d
+        };
+        attn::add(self.x.slice(r.start, r.len()), self.o.get(r.start, r.len()));
     }
 
     /// `out[t] = m · xn[t]` for tokens `0..nt` (their activations were quantized by the
@@ -480,17 +530,10 @@ impl Ctx<'_> {
     /// The whole forward pass, run by every thread of the team.
     unsafe fn run(&self, tid: usize) {
         let dm = self.dims;
-        let mine = self.my_tokens(tid);
         let bar = || self.team.barrier();
         for (li, l) in self.layers.iter().enumerate() {
             // Attention input: residual (+ the previous layer's FFN output), norm, quantize.
-            self.norm_and_quantize(
-                tid,
-                &l.attn_norm,
-                li > 0,
-                &[&l.wq, &l.wk, &l.wv],
-                mine.clone(),
-            );
+            self.norm_and_quantize(tid, &l.attn_norm, &[&l.wq, &l.wk, &l.wv], 0, self.t);
             bar();
             self.matmul(tid, &l.wq, self.q, self.t);
             self.matmul(tid, &l.wk, self.k, self.t);
@@ -555,46 +598,40 @@ impl Ctx<'_> {
                 );
             }
             bar();
-            for t in mine.clone() {
+            let (toks, e) = self.row_share(tid, self.t, dm.qd(), unit(&[&l.wo]));
+            for t in toks {
+                let r = t * dm.qd() + e.start..t * dm.qd() + e.end;
                 self.xn
-                    .slice(t * dm.qd(), dm.qd())
-                    .copy_from_slice(self.att.slice(t * dm.qd(), dm.qd()));
-                self.quantize_row(t, dm.qd(), &[&l.wo]);
+                    .slice(r.start, r.len())
+                    .copy_from_slice(self.att.get(r.start, r.len()));
+                self.quantize_range(t, dm.qd(), e.clone(), &[&l.wo]);
             }
             bar();
-            self.matmul(tid, &l.wo, self.o, self.t);
+            self.matmul_residual(tid, &l.wo);
             bar();
-            self.norm_and_quantize(tid, &l.ffn_norm, true, &[&l.gate, &l.up], mine.clone());
+            self.norm_and_quantize(tid, &l.ffn_norm, &[&l.gate, &l.up], 0, self.t);
             bar();
             self.matmul(tid, &l.gate, self.g, self.t);
             self.matmul(tid, &l.up, self.u, self.t);
             bar();
-            for t in mine.clone() {
-                let g = self.g.slice(t * dm.ff, dm.ff);
+            let (toks, e) = self.row_share(tid, self.t, dm.ff, unit(&[&l.down]));
+            for t in toks {
+                let r = t * dm.ff + e.start..t * dm.ff + e.end;
                 attn::silu_mul(
-                    g,
-                    self.u.slice(t * dm.ff, dm.ff),
-                    self.xn.slice(t * dm.ff, dm.ff),
+                    self.g.get(r.start, r.len()),
+                    self.u.get(r.start, r.len()),
+                    self.xn.slice(r.start, r.len()),
                 );
-                self.quantize_row(t, dm.ff, &[&l.down]);
+                self.quantize_range(t, dm.ff, e.clone(), &[&l.down]);
             }
             bar();
-            self.matmul(tid, &l.down, self.o, self.t);
+            self.matmul_residual(tid, &l.down);
             bar();
         }
         // Final norm and the head, for the rows whose logits are wanted (their index in the
         // logits buffer counts from the first of them).
         let lr = self.logit_rows.clone();
-        for t in split(lr.len(), tid, self.nth) {
-            let src = lr.start + t;
-            let x = self.x.slice(src * dm.d, dm.d);
-            let o = self.o.slice(src * dm.d, dm.d);
-            for (a, b) in x.iter_mut().zip(o.iter()) {
-                *a += *b;
-            }
-            attn::rms_norm(x, self.final_norm, dm.eps, self.xn.slice(t * dm.d, dm.d));
-            self.quantize_row(t, dm.d, &[self.lm_head]);
-        }
+        self.norm_and_quantize(tid, self.final_norm, &[self.lm_head], lr.start, lr.len());
         bar();
         self.matmul(tid, self.lm_head, self.logits, lr.len());
     }

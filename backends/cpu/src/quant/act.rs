@@ -64,10 +64,26 @@ impl Default for BlockQ8K {
 }
 
 /// Quantize `x` (a multiple of 32 long) into `out` (one block per 32 values): the first
-/// plane symmetric round-to-nearest with step `max|x| / 127`, the second the remainder at
-/// 1/128 of that step.
+/// plane symmetric with step `max|x| / 127`, the second the remainder at 1/128 of that step,
+/// both rounded to nearest, ties to even (what the SIMD rounding instruction does, so the
+/// AVX-512 path gives the same bits).
 pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
-    debug_assert_eq!(x.len(), out.len() * 32);
+    assert_eq!(
+        x.len(),
+        out.len() * 32,
+        "quantize_q8: one block per 32 values"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if super::features().avx512 {
+        // SAFETY: AVX-512F/BW was detected; the lengths were checked above.
+        unsafe { avx512::quantize_q8(x, out) };
+        return;
+    }
+    quantize_q8_scalar(x, out);
+}
+
+/// The reference for [`quantize_q8`].
+pub fn quantize_q8_scalar(x: &[f32], out: &mut [BlockQ8]) {
     for (xb, b) in x.chunks_exact(32).zip(out.iter_mut()) {
         let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
         let step = amax / 127.0;
@@ -75,14 +91,58 @@ pub fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
         let mut sum = 0i32;
         for ((q, r), &v) in b.qs.iter_mut().zip(b.qr.iter_mut()).zip(xb) {
             let t = v * id;
-            let hi = t.round().clamp(-127.0, 127.0);
-            let lo = ((t - hi) * 128.0).round().clamp(-64.0, 64.0);
+            let hi = t.round_ties_even().clamp(-127.0, 127.0);
+            let lo = ((t - hi) * 128.0).round_ties_even().clamp(-64.0, 64.0);
             *q = hi as i8;
             *r = lo as i8;
             sum += 128 * hi as i32 + lo as i32;
         }
         b.d = step / 128.0;
         b.s = b.d * sum as f32;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::BlockQ8;
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// AVX-512F/BW; `x.len() == 32 · out.len()`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn quantize_q8(x: &[f32], out: &mut [BlockQ8]) {
+        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        let (lim_hi, lim_lo) = (_mm512_set1_ps(127.0), _mm512_set1_ps(64.0));
+        let clamp = |v: __m512, l: __m512| {
+            _mm512_max_ps(_mm512_min_ps(v, l), _mm512_sub_ps(_mm512_setzero_ps(), l))
+        };
+        for (i, b) in out.iter_mut().enumerate() {
+            let p = x.as_ptr().add(32 * i);
+            let v = [_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16))];
+            let amax =
+                _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v[0]), _mm512_abs_ps(v[1])));
+            let step = amax / 127.0;
+            let id = _mm512_set1_ps(if step != 0.0 { 1.0 / step } else { 0.0 });
+            let mut sum = _mm512_setzero_si512();
+            for (h, v) in v.iter().enumerate() {
+                let t = _mm512_mul_ps(*v, id);
+                let hi = clamp(_mm512_roundscale_ps::<NEAREST>(t), lim_hi);
+                let lo = _mm512_mul_ps(_mm512_sub_ps(t, hi), _mm512_set1_ps(128.0));
+                let lo = clamp(_mm512_roundscale_ps::<NEAREST>(lo), lim_lo);
+                let (hi, lo) = (_mm512_cvtps_epi32(hi), _mm512_cvtps_epi32(lo));
+                _mm_storeu_si128(
+                    b.qs.as_mut_ptr().add(16 * h).cast(),
+                    _mm512_cvtepi32_epi8(hi),
+                );
+                _mm_storeu_si128(
+                    b.qr.as_mut_ptr().add(16 * h).cast(),
+                    _mm512_cvtepi32_epi8(lo),
+                );
+                sum = _mm512_add_epi32(sum, _mm512_add_epi32(_mm512_slli_epi32::<7>(hi), lo));
+            }
+            b.d = step / 128.0;
+            b.s = b.d * _mm512_reduce_add_epi32(sum) as f32;
+        }
     }
 }
 
@@ -108,4 +168,36 @@ pub fn quantize_q8k(x: &[f32], out: &mut [BlockQ8K]) {
 #[inline(always)]
 pub fn f16_at(b: &[u8]) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn simd_q8_quantization_gives_the_reference_bits() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut x: Vec<f32> = (0..32 * 200)
+            .map(|i| rng.random_range(-4.0f32..4.0) * (1 + i % 7) as f32)
+            .collect();
+        // An all-zero block, a block of exact ties, and one large outlier.
+        x[..32].fill(0.0);
+        for (i, v) in x[32..64].iter_mut().enumerate() {
+            *v = (i as f32 - 16.0) * 0.5;
+        }
+        x[100] = 1e6;
+        let mut want = vec![BlockQ8::default(); x.len() / 32];
+        let mut got = want.clone();
+        quantize_q8_scalar(&x, &mut want);
+        quantize_q8(&x, &mut got);
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            assert_eq!((w.qs, w.qr), (g.qs, g.qr), "block {i}");
+            assert_eq!(
+                (w.d.to_bits(), w.s.to_bits()),
+                (g.d.to_bits(), g.s.to_bits()),
+                "block {i}"
+            );
+        }
+    }
 }

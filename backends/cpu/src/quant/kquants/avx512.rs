@@ -16,6 +16,7 @@
 use super::{iq4xs_scales, k4_scales, q3_scales, Fmt, Job, Min, ABS_IQ4NL, IQ4XS, Q2K, Q3K, Q4K};
 use super::{Q5K, Q6K};
 use crate::quant::act::BlockQ8K;
+use crate::quant::PREFETCH;
 use std::arch::x86_64::*;
 
 /// One decoded block, what every chunk of it and the final scaling need.
@@ -347,6 +348,12 @@ unsafe fn tile<T: Kind, const VNNI: bool, const C: usize>(
     let mut acc = [_mm512_setzero_ps(); C];
     for i in 0..nb {
         let b = w.add(i * T::SIZE);
+        if C == 1 {
+            // Decode streams the weights once: fetch ahead of the reads (see `PREFETCH`).
+            for l in (0..T::SIZE).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH + l) as *const i8);
+            }
+        }
         let p = T::prep(b);
         let mut s = [zero; C];
         if VNNI && !T::SIGNED {
