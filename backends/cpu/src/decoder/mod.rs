@@ -22,6 +22,7 @@ use tensor_core::decoder::{DecoderSpec, FusedDecoder, Weight};
 use tensor_core::quant::{dequantize_into, GgmlType, QTensor};
 use tensor_core::{DType, Error, HostData, Result, Tensor};
 
+use crate::quant::amx::{self, AlignedBuf};
 use crate::quant::{self, BlockQ8, BlockQ8K, Kernel};
 pub use team::Team;
 
@@ -31,6 +32,8 @@ struct Mat {
     rows: usize,
     cols: usize,
     kernel: Option<Kernel>,
+    /// Whether prompts multiply by it on AMX tiles (bf16, see [`quant::amx`]).
+    amx: bool,
 }
 
 impl Mat {
@@ -49,11 +52,15 @@ impl Mat {
             Kernel::Q8(_) => cols.is_multiple_of(32),
             Kernel::Q8K(_) => cols.is_multiple_of(256),
         });
+        let amx = cols.is_multiple_of(32)
+            && !quant::to_bf16::paths(w.ggml_type()).is_empty()
+            && quant::amx::available();
         Ok(Mat {
             w,
             rows,
             cols,
             kernel,
+            amx,
         })
     }
 }
@@ -146,6 +153,14 @@ struct Bufs {
     u: Vec<f32>,
     a8: Vec<BlockQ8>,
     a8k: Vec<BlockQ8K>,
+    /// A prompt's activations as bf16 tiles for the AMX products, in two planes: the values
+    /// rounded to bf16, then what that rounding left (`[2, packed_len(cap, maxk)]`).
+    xp: Option<AlignedBuf>,
+    /// Per thread: a panel of weight rows dequantized to bf16 for the AMX products.
+    panels: Vec<AlignedBuf>,
+    /// Per thread: f32 scratch for the second plane (16 tokens) and its product (a panel's
+    /// rows for every token).
+    amx_tmp: Vec<Vec<f32>>,
     logits: Vec<f32>,
     /// Per thread: attention scores (`max positions`) and one dequantized weight row.
     scores: Vec<Vec<f32>>,
@@ -169,8 +184,18 @@ pub struct CpuDecoder {
     /// Raw views of the per-layer caches and per-thread scratch, refreshed when they grow.
     kv_ptrs: Vec<(P, P)>,
     scratch_ptrs: Vec<(P, P)>,
+    panel_ptrs: Vec<(PQ<u16>, P)>,
+    /// Whether some weight matrix can multiply a prompt on AMX tiles.
+    amx: bool,
     team: Team,
 }
+
+/// Prompts of at least this many tokens multiply on AMX tiles (where the CPU and OS allow):
+/// below it, dequantizing the weights to bf16 costs more than the integer kernels.
+const AMX_MIN_TOKENS: usize = 16;
+
+/// Weight rows a thread dequantizes to bf16 at a time for the AMX products.
+const PANEL: usize = 64;
 
 /// Positions the KV cache holds at first; it grows by doubling up to `max_positions`.
 const FIRST_KV_CAP: usize = 512;
@@ -252,8 +277,15 @@ impl CpuDecoder {
             bufs: Bufs::default(),
             kv_ptrs: Vec::new(),
             scratch_ptrs: Vec::new(),
+            panel_ptrs: Vec::new(),
+            amx: false,
             team: Team::new(threads),
         };
+        dec.amx = dec.layers.iter().any(|l| {
+            [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
+                .iter()
+                .any(|m| m.amx)
+        });
         dec.grow_kv(FIRST_KV_CAP.min(dec.max_positions));
         dec.grow_bufs(1);
         Ok(dec)
@@ -297,6 +329,12 @@ impl CpuDecoder {
             .zip(b.row.iter_mut())
             .map(|(s, r)| (P(s.as_mut_ptr()), P(r.as_mut_ptr())))
             .collect();
+        self.panel_ptrs = b
+            .panels
+            .iter_mut()
+            .zip(b.amx_tmp.iter_mut())
+            .map(|(p, a)| (PQ(p.as_mut_ptr()), P(a.as_mut_ptr())))
+            .collect();
     }
 
     fn grow_bufs(&mut self, t: usize) {
@@ -320,6 +358,13 @@ impl CpuDecoder {
         b.a8k = vec![BlockQ8K::default(); t * maxk.div_ceil(256)];
         b.logits = vec![0.0; t * dm.vocab];
         b.row = vec![vec![0.0; maxk]; self.team.threads()];
+        if t >= AMX_MIN_TOKENS && self.amx {
+            b.xp = Some(AlignedBuf::zeroed(2 * amx::packed_len(t, maxk)));
+            b.panels = (0..self.team.threads())
+                .map(|_| AlignedBuf::zeroed(PANEL * maxk))
+                .collect();
+            b.amx_tmp = vec![vec![0.0; (16 * maxk).max(t * PANEL)]; self.team.threads()];
+        }
         self.refresh_ptrs();
     }
 }
@@ -398,6 +443,13 @@ struct Ctx<'a> {
     logits: P,
     a8: PQ<BlockQ8>,
     a8k: PQ<BlockQ8K>,
+    /// Whether some product can run on AMX tiles (the buffers below are then allocated).
+    amx: bool,
+    /// The two activation planes for AMX (see [`Bufs::xp`]).
+    xp: PQ<u16>,
+    xp_lo: PQ<u16>,
+    /// Per thread: the weight panel and the f32 scratch.
+    panels: &'a [(PQ<u16>, P)],
     /// Per layer: the K and V caches.
     kv: &'a [(P, P)],
     /// Per thread: the scores buffer and the dequantized-row buffer.
@@ -406,6 +458,11 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Whether products over `nt` tokens run on AMX tiles (for the matrices that can).
+    fn amx_for(&self, nt: usize) -> bool {
+        self.amx && nt >= AMX_MIN_TOKENS
+    }
+
     /// This thread's part of a per-token step over rows of `k` values: with at least as many
     /// tokens as threads, its share of the tokens, whole; with fewer (decode), every token but
     /// only its share of each row, in units of `unit` values (the activation block of the
@@ -417,7 +474,11 @@ impl Ctx<'_> {
         k: usize,
         unit: usize,
     ) -> (Range<usize>, Range<usize>) {
-        if nt >= self.nth {
+        if self.amx_for(nt) {
+            // Whole groups of 16 tokens, the unit the AMX activation tiles are packed in.
+            let g = split(nt.div_ceil(16), tid, self.nth);
+            ((g.start * 16).min(nt)..(g.end * 16).min(nt), 0..k)
+        } else if nt >= self.nth {
             (split(nt, tid, self.nth), 0..k)
         } else {
             let u = split(k.div_ceil(unit), tid, self.nth);
@@ -437,37 +498,78 @@ impl Ctx<'_> {
     ) {
         let d = self.dims.d;
         let (toks, e) = self.row_share(tid, nt, d, unit(mats));
-        for t in toks {
+        for t in toks.clone() {
             let x = self.x.get((first + t) * d, d);
             let r = attn::rms_inv(x, self.dims.eps);
             let xn = self.xn.slice(t * d + e.start, e.len());
             attn::scale_mul(&x[e.clone()], &w[e.clone()], r, xn);
-            self.quantize_range(t, d, e.clone(), mats);
         }
+        self.prepare(tid, nt, toks, d, e, mats);
     }
 
-    /// Quantize `xn[t][e]` (rows of `k`; `e` on block boundaries) into the activation
-    /// formats `mats` need.
-    unsafe fn quantize_range(&self, t: usize, k: usize, e: Range<usize>, mats: &[&Mat]) {
-        if e.is_empty() {
+    /// Bring `xn[t][e]` for `t` in `toks` of `nt` (rows of `k`; `e` on block boundaries) into the
+    /// activation formats the products `mats` read: 8-bit blocks, or bf16 tiles for AMX
+    /// (then `toks` are whole groups of 16 and `e` the whole row; see [`Ctx::row_share`]).
+    unsafe fn prepare(
+        &self,
+        tid: usize,
+        nt: usize,
+        toks: Range<usize>,
+        k: usize,
+        e: Range<usize>,
+        mats: &[&Mat],
+    ) {
+        if e.is_empty() || toks.is_empty() {
             return;
         }
-        let xn = self.xn.get(t * k + e.start, e.len());
-        let q8 = mats.iter().any(|m| matches!(m.kernel, Some(Kernel::Q8(_))));
+        let amx = self.amx_for(nt);
+        let on_amx = |m: &&&Mat| amx && m.amx;
+        let q8 = mats
+            .iter()
+            .any(|m| !on_amx(&m) && matches!(m.kernel, Some(Kernel::Q8(_))));
         let q8k = mats
             .iter()
-            .any(|m| matches!(m.kernel, Some(Kernel::Q8K(_))));
-        if q8 {
-            let a =
-                std::slice::from_raw_parts_mut(self.a8.0.add((t * k + e.start) / 32), e.len() / 32);
-            quant::quantize_q8(xn, a);
+            .any(|m| !on_amx(&m) && matches!(m.kernel, Some(Kernel::Q8K(_))));
+        for t in toks.clone() {
+            let xn = self.xn.get(t * k + e.start, e.len());
+            if q8 {
+                let a = std::slice::from_raw_parts_mut(
+                    self.a8.0.add((t * k + e.start) / 32),
+                    e.len() / 32,
+                );
+                quant::quantize_q8(xn, a);
+            }
+            if q8k {
+                let a = std::slice::from_raw_parts_mut(
+                    self.a8k.0.add((t * k + e.start) / 256),
+                    e.len() / 256,
+                );
+                quant::quantize_q8k(xn, a);
+            }
         }
-        if q8k {
-            let a = std::slice::from_raw_parts_mut(
-                self.a8k.0.add((t * k + e.start) / 256),
-                e.len() / 256,
-            );
-            quant::quantize_q8k(xn, a);
+        if mats.iter().any(|m| on_amx(&m)) {
+            // Two bf16 planes, `x ≈ hi + lo`: one plane alone (8-bit mantissas) moved a
+            // random test model's logits by 2% of their scale; two bring the activations
+            // to about 16 bits for one more tile product each.
+            for g0 in toks.clone().step_by(16) {
+                let n = (toks.end - g0).min(16);
+                let x = self.xn.get(g0 * k, n * k);
+                let len = amx::packed_len(n, k);
+                amx::pack_x(
+                    x,
+                    n,
+                    k,
+                    std::slice::from_raw_parts_mut(self.xp.0.add(g0 * k), len),
+                );
+                let lo = self.panels[tid].1.slice(0, n * k);
+                attn::bf16_residual(x, lo);
+                amx::pack_x(
+                    lo,
+                    n,
+                    k,
+                    std::slice::from_raw_parts_mut(self.xp_lo.0.add(g0 * k), len),
+                );
+            }
         }
     }
 
@@ -476,13 +578,26 @@ impl Ctx<'_> {
     unsafe fn matmul_residual(&self, tid: usize, m: &Mat) {
         self.matmul(tid, m, self.o, self.t);
         let d = self.dims.d;
-        let r = if self.t == 1 {
-            split(d, tid, self.nth)
+        let (rows, toks) = self.my_outputs(tid, m, self.t);
+        for t in toks {
+            let r = t * d + rows.start..t * d + rows.end;
+            attn::add(self.x.slice(r.start, r.len()), self.o.get(r.start, r.len()));
+        }
+    }
+
+    /// The outputs of `m · xn` over `nt` tokens this thread computes: rows × tokens. One
+    /// token or AMX: a share of the rows (whole 16-row tiles for AMX) for every token; else
+    /// a share of the tokens for every row.
+    fn my_outputs(&self, tid: usize, m: &Mat, nt: usize) -> (Range<usize>, Range<usize>) {
+        let n = m.rows;
+        if m.amx && self.amx_for(nt) {
+            let tiles = split(n.div_ceil(16), tid, self.nth);
+            ((tiles.start * 16).min(n)..(tiles.end * 16).min(n), 0..nt)
+        } else if nt == 1 {
+            (split(n, tid, self.nth), 0..1)
         } else {
-            let toks = split(self.t, tid, self.nth);
-            toks.start * d..toks.end * d
-        };
-        attn::add(self.x.slice(r.start, r.len()), self.o.get(r.start, r.len()));
+            (0..n, split(nt, tid, self.nth))
+        }
     }
 
     /// `out[t] = m · xn[t]` for tokens `0..nt` (their activations were quantized by the
@@ -492,12 +607,35 @@ impl Ctx<'_> {
         let (k, n) = (m.cols, m.rows);
         let rb = m.w.row_bytes();
         let data = m.w.data();
-        let (rows, toks) = if nt == 1 {
-            (split(n, tid, self.nth), 0..1)
-        } else {
-            (0..n, split(nt, tid, self.nth))
-        };
+        let (rows, toks) = self.my_outputs(tid, m, nt);
         if rows.is_empty() || toks.is_empty() {
+            return;
+        }
+        if m.amx && self.amx_for(nt) {
+            // Each thread dequantizes a panel of its rows to bf16 and multiplies every token
+            // by it.
+            let xp = std::slice::from_raw_parts(self.xp.0, amx::packed_len(nt, k));
+            let xp_lo = std::slice::from_raw_parts(self.xp_lo.0, amx::packed_len(nt, k));
+            let panel = std::slice::from_raw_parts_mut(self.panels[tid].0 .0, PANEL * k);
+            for r0 in rows.clone().step_by(PANEL) {
+                let pr = (rows.end - r0).min(PANEL);
+                let done = quant::to_bf16::dequant_rows_bf16(
+                    m.w.ggml_type(),
+                    &data[r0 * rb..(r0 + pr) * rb],
+                    pr,
+                    k,
+                    panel,
+                );
+                debug_assert!(done, "Mat::new checked the type");
+                let w = &panel[..pr * k];
+                let o = out.slice(r0, (nt - 1) * n + pr);
+                amx::gemm(nt, k, xp, w, pr, o, n);
+                let lo = self.panels[tid].1.slice(0, nt * pr);
+                amx::gemm(nt, k, xp_lo, w, pr, lo, pr);
+                for t in 0..nt {
+                    attn::add(&mut o[t * n..t * n + pr], &lo[t * pr..(t + 1) * pr]);
+                }
+            }
             return;
         }
         let nc = toks.len();
@@ -599,13 +737,13 @@ impl Ctx<'_> {
             }
             bar();
             let (toks, e) = self.row_share(tid, self.t, dm.qd(), unit(&[&l.wo]));
-            for t in toks {
+            for t in toks.clone() {
                 let r = t * dm.qd() + e.start..t * dm.qd() + e.end;
                 self.xn
                     .slice(r.start, r.len())
                     .copy_from_slice(self.att.get(r.start, r.len()));
-                self.quantize_range(t, dm.qd(), e.clone(), &[&l.wo]);
             }
+            self.prepare(tid, self.t, toks, dm.qd(), e, &[&l.wo]);
             bar();
             self.matmul_residual(tid, &l.wo);
             bar();
@@ -615,15 +753,15 @@ impl Ctx<'_> {
             self.matmul(tid, &l.up, self.u, self.t);
             bar();
             let (toks, e) = self.row_share(tid, self.t, dm.ff, unit(&[&l.down]));
-            for t in toks {
+            for t in toks.clone() {
                 let r = t * dm.ff + e.start..t * dm.ff + e.end;
                 attn::silu_mul(
                     self.g.get(r.start, r.len()),
                     self.u.get(r.start, r.len()),
                     self.xn.slice(r.start, r.len()),
                 );
-                self.quantize_range(t, dm.ff, e.clone(), &[&l.down]);
             }
+            self.prepare(tid, self.t, toks, dm.ff, e, &[&l.down]);
             bar();
             self.matmul_residual(tid, &l.down);
             bar();
@@ -698,6 +836,15 @@ impl FusedDecoder for CpuDecoder {
             logits: P(b.logits.as_mut_ptr()),
             a8: PQ(b.a8.as_mut_ptr()),
             a8k: PQ(b.a8k.as_mut_ptr()),
+            amx: self.amx && t >= AMX_MIN_TOKENS,
+            xp: PQ(b
+                .xp
+                .as_mut()
+                .map_or(std::ptr::null_mut(), |x| x.as_mut_ptr())),
+            xp_lo: PQ(b.xp.as_mut().map_or(std::ptr::null_mut(), |x| {
+                x.as_mut_ptr().wrapping_add(x.len() / 2)
+            })),
+            panels: &self.panel_ptrs,
             kv: &self.kv_ptrs,
             scratch: &self.scratch_ptrs,
             team: &self.team,

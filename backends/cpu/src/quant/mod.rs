@@ -8,8 +8,10 @@
 //! default `qmatmul` composition, or one row at a time in the fused decoder.
 
 pub mod act;
+pub mod amx;
 mod kquants;
 mod legacy;
+pub mod to_bf16;
 
 pub use act::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
 use tensor_core::quant::GgmlType;
