@@ -75,29 +75,6 @@ pub fn scale_mul(x: &[f32], w: &[f32], r: f32, out: &mut [f32]) {
     dispatch(ScaleMul { x, w, r, out })
 }
 
-struct Bf16Residual<'a> {
-    x: &'a [f32],
-    out: &'a mut [f32],
-}
-impl Kernel for Bf16Residual<'_> {
-    type Out = ();
-    #[inline(always)]
-    fn run<M: Simd>(self, _m: M) {
-        for (o, &x) in self.out.iter_mut().zip(self.x) {
-            // Round to nearest even at bit 16, as the hardware conversion does for finite
-            // values (it flushes f32 denormals, whose residual here is below 1e-38).
-            let b = x.to_bits();
-            let hi = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
-            *o = x - f32::from_bits(hi);
-        }
-    }
-}
-
-/// `out = x − bf16(x)`: what rounding to bf16 leaves, the second plane of the AMX activations.
-pub fn bf16_residual(x: &[f32], out: &mut [f32]) {
-    dispatch(Bf16Residual { x, out })
-}
-
 /// Rotate one head in place by the angles whose cosines and sines are given (`hd / 2` each):
 /// adjacent pairs when `interleaved`, else the two halves.
 pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32], interleaved: bool) {

@@ -23,7 +23,7 @@ use tensor_core::quant::{dequantize_into, GgmlType, QTensor};
 use tensor_core::{DType, Error, HostData, Result, Tensor};
 
 use crate::quant::amx::{self, AlignedBuf};
-use crate::quant::{self, BlockQ8, BlockQ8K, Kernel};
+use crate::quant::{self, BlockQ8, BlockQ8K, Kernel, AMX_MIN_TOKENS};
 pub use team::Team;
 
 /// A weight matrix `[rows, cols]` and the kernel that multiplies by it.
@@ -52,9 +52,7 @@ impl Mat {
             Kernel::Q8(_) => cols.is_multiple_of(32),
             Kernel::Q8K(_) => cols.is_multiple_of(256),
         });
-        let amx = cols.is_multiple_of(32)
-            && !quant::to_bf16::paths(w.ggml_type()).is_empty()
-            && quant::amx::available();
+        let amx = quant::amx_ready(w.ggml_type(), cols);
         Ok(Mat {
             w,
             rows,
@@ -189,10 +187,6 @@ pub struct CpuDecoder {
     amx: bool,
     team: Team,
 }
-
-/// Prompts of at least this many tokens multiply on AMX tiles (where the CPU and OS allow):
-/// below it, dequantizing the weights to bf16 costs more than the integer kernels.
-const AMX_MIN_TOKENS: usize = 16;
 
 /// Weight rows a thread dequantizes to bf16 at a time for the AMX products.
 const PANEL: usize = 64;
@@ -548,26 +542,17 @@ impl Ctx<'_> {
             }
         }
         if mats.iter().any(|m| on_amx(&m)) {
-            // Two bf16 planes, `x ≈ hi + lo`: one plane alone (8-bit mantissas) moved a
-            // random test model's logits by 2% of their scale; two bring the activations
-            // to about 16 bits for one more tile product each.
+            // Groups of 16 tokens, so the per-thread scratch holds one group's second plane.
             for g0 in toks.clone().step_by(16) {
                 let n = (toks.end - g0).min(16);
-                let x = self.xn.get(g0 * k, n * k);
                 let len = amx::packed_len(n, k);
-                amx::pack_x(
-                    x,
+                quant::pack_planes(
+                    self.xn.get(g0 * k, n * k),
                     n,
                     k,
                     std::slice::from_raw_parts_mut(self.xp.0.add(g0 * k), len),
-                );
-                let lo = self.panels[tid].1.slice(0, n * k);
-                attn::bf16_residual(x, lo);
-                amx::pack_x(
-                    lo,
-                    n,
-                    k,
                     std::slice::from_raw_parts_mut(self.xp_lo.0.add(g0 * k), len),
+                    self.panels[tid].1.slice(0, n * k),
                 );
             }
         }

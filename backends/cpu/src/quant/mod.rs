@@ -13,6 +13,7 @@ mod kquants;
 mod legacy;
 pub mod to_bf16;
 
+use crate::fused::math::{dispatch, Kernel as SimdKernel, Simd};
 pub use act::{quantize_q8, quantize_q8k, BlockQ8, BlockQ8K};
 use tensor_core::quant::GgmlType;
 
@@ -21,6 +22,56 @@ use tensor_core::quant::GgmlType;
 /// waiting on loads for about a third of the time (84 → 130 tok/s on Q4_1 when added), and
 /// the speed plateaus from about 4 KiB on.
 pub(crate) const PREFETCH: usize = 8192;
+
+/// Products over at least this many tokens run on AMX tiles where the CPU and OS allow
+/// (for weight types [`to_bf16`] decodes): below it, dequantizing the weights to bf16 costs
+/// more than the integer kernels save.
+pub(crate) const AMX_MIN_TOKENS: usize = 16;
+
+/// Whether `ty` weights with rows of `k` can multiply on AMX tiles here.
+pub(crate) fn amx_ready(ty: GgmlType, k: usize) -> bool {
+    k.is_multiple_of(32) && !to_bf16::paths(ty).is_empty() && amx::available()
+}
+
+/// `[m, k]` activations as the two bf16 planes of the AMX products, `x ≈ hi + lo` (each
+/// [`amx::packed_len`]`(m, k)` long): one plane alone (8-bit mantissas) moved a random test
+/// model's logits by 2% of their scale; two make the activations about 16-bit for one more
+/// tile product each. `scratch` holds `m · k` floats.
+pub(crate) fn pack_planes(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    hi: &mut [u16],
+    lo: &mut [u16],
+    scratch: &mut [f32],
+) {
+    amx::pack_x(x, m, k, hi);
+    bf16_residual(&x[..m * k], &mut scratch[..m * k]);
+    amx::pack_x(scratch, m, k, lo);
+}
+
+struct Bf16Residual<'a> {
+    x: &'a [f32],
+    out: &'a mut [f32],
+}
+impl SimdKernel for Bf16Residual<'_> {
+    type Out = ();
+    #[inline(always)]
+    fn run<M: Simd>(self, _m: M) {
+        for (o, &x) in self.out.iter_mut().zip(self.x) {
+            // Round to nearest even at bit 16, as the hardware conversion does for finite
+            // values (it flushes f32 denormals, whose residual here is below 1e-38).
+            let b = x.to_bits();
+            let hi = b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000;
+            *o = x - f32::from_bits(hi);
+        }
+    }
+}
+
+/// `out = x − bf16(x)`: what rounding to bf16 leaves, the second plane of the AMX activations.
+fn bf16_residual(x: &[f32], out: &mut [f32]) {
+    dispatch(Bf16Residual { x, out })
+}
 
 /// `out[c * ldo + r] = w[r] · a[c]` for `r < nr`, `c < nc`: `w` holds `nr` rows of `n`
 /// weights as blocks, `a` holds `nc` columns of `n` activations as 8-bit blocks.
@@ -115,6 +166,12 @@ pub(crate) fn qmatmul(
     };
     let xs = x.flatten_all()?.to_vec::<f32>()?;
     let m = xs.len() / k.max(1);
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().expect("qmatmul checked the rank") = n;
+    if m >= AMX_MIN_TOKENS && amx_ready(w.ggml_type(), k) {
+        let out = qmatmul_amx(&xs, m, k, w);
+        return tensor_core::Tensor::from_vec(out, dims, x.device());
+    }
     let mut out = vec![0f32; m * n];
     let data = w.data();
     let rb = w.row_bytes();
@@ -155,9 +212,47 @@ pub(crate) fn qmatmul(
             }
         }
     }
-    let mut dims = x.dims().to_vec();
-    *dims.last_mut().expect("qmatmul checked the rank") = n;
     tensor_core::Tensor::from_vec(out, dims, x.device())
+}
+
+/// `xs · wᵀ` (`[m, k]` by `[n, k]`) on AMX tiles: the activations packed once as two bf16
+/// planes, then rayon tasks of 64 weight rows, each dequantizing its rows to bf16 and
+/// multiplying every token by them.
+fn qmatmul_amx(xs: &[f32], m: usize, k: usize, w: &tensor_core::quant::QTensor) -> Vec<f32> {
+    use rayon::prelude::*;
+    const PANEL: usize = 64;
+    let (n, rb, ty) = (w.rows(), w.row_bytes(), w.ggml_type());
+    let len = amx::packed_len(m, k);
+    let (mut hi, mut lo) = (amx::AlignedBuf::zeroed(len), amx::AlignedBuf::zeroed(len));
+    pack_planes(xs, m, k, &mut hi, &mut lo, &mut vec![0f32; m * k]);
+    let blocks: Vec<Vec<f32>> = (0..n.div_ceil(PANEL))
+        .into_par_iter()
+        .map(|p| {
+            let (r0, pr) = (p * PANEL, (n - p * PANEL).min(PANEL));
+            let mut panel = amx::AlignedBuf::zeroed(pr * k);
+            let done = to_bf16::dequant_rows_bf16(
+                ty,
+                &w.data()[r0 * rb..(r0 + pr) * rb],
+                pr,
+                k,
+                &mut panel,
+            );
+            debug_assert!(done, "amx_ready checked the type");
+            let (mut a, mut b) = (vec![0f32; m * pr], vec![0f32; m * pr]);
+            amx::gemm(m, k, &hi, &panel, pr, &mut a, pr);
+            amx::gemm(m, k, &lo, &panel, pr, &mut b, pr);
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        })
+        .collect();
+    let mut out = vec![0f32; m * n];
+    for (p, blk) in blocks.iter().enumerate() {
+        let (r0, pr) = (p * PANEL, (n - p * PANEL).min(PANEL));
+        for t in 0..m {
+            out[t * n + r0..t * n + r0 + pr].copy_from_slice(&blk[t * pr..(t + 1) * pr]);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -287,6 +382,55 @@ pub(crate) mod testing {
                         "{ty} {} n={n} nr={nr} nc={nc} #{i}: {g} vs scalar {r} (|terms| {mag})",
                         p.name
                     );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{random_acts, random_blocks};
+    use tensor_core::quant::{GgmlType, QTensor};
+    use tensor_core::Tensor;
+
+    /// The backend's `qmatmul` (integer kernels for one token or a few, AMX tiles for a prompt
+    /// where the CPU allows) against dequantize-then-f32-matmul.
+    #[test]
+    fn qmatmul_matches_the_dequantized_product() {
+        let dev = crate::device();
+        let (n, k) = (70, 512);
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q6_K,
+        ] {
+            let w = QTensor::from_bytes(ty, &[n, k], random_blocks(ty, n * k / ty.block_size(), 5))
+                .unwrap();
+            let wd = tensor_core::quant::dequantize(ty, w.data()).unwrap();
+            for m in [1, 5, 40] {
+                let xv = random_acts(k, m, 9 + m as u64);
+                let x = Tensor::from_vec(xv.clone(), (m, k), &dev).unwrap();
+                let got = x.qmatmul(&w).unwrap();
+                assert_eq!(got.dims(), [m, n]);
+                let got = got.flatten_all().unwrap().to_vec::<f32>().unwrap();
+                for t in 0..m {
+                    for r in 0..n {
+                        let (xs, ws) = (&xv[t * k..(t + 1) * k], &wd[r * k..(r + 1) * k]);
+                        let want: f64 = xs.iter().zip(ws).map(|(a, b)| *a as f64 * *b as f64).sum();
+                        let mag: f64 = xs
+                            .iter()
+                            .zip(ws)
+                            .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                            .sum();
+                        let g = got[t * n + r] as f64;
+                        assert!(
+                            (g - want).abs() <= 5e-3 * mag + 1e-5,
+                            "{ty} m={m} [{t}, {r}]: {g} vs {want} (|terms| {mag})"
+                        );
+                    }
                 }
             }
         }
