@@ -1,5 +1,6 @@
 //! Kernels for the 32-element formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL) against
-//! [`BlockQ8`] activations.
+//! [`BlockQ8`] activations: a scalar reference, an AVX2 kernel ([`avx2`]) and an AVX-512 VNNI
+//! kernel, chosen at run time.
 //!
 //! Every format is brought to one shape: a block decodes to 32 *unsigned* bytes `u` and two
 //! coefficients `(dw, mc)` such that the block's dot product with activations `d·q` is
@@ -69,6 +70,13 @@ pub(super) fn paths(ty: GgmlType) -> Vec<Path> {
         name: "scalar",
         kernel: Kernel::Q8(pick!(gemm_scalar)),
     }];
+    #[cfg(target_arch = "x86_64")]
+    if features().avx2 {
+        v.push(Path {
+            name: "avx2",
+            kernel: Kernel::Q8(pick!(gemm_avx2)),
+        });
+    }
     #[cfg(target_arch = "x86_64")]
     if features().avx512vnni {
         v.push(Path {
@@ -164,6 +172,32 @@ fn gemm_scalar<const T: u8>(
 
 /// Elements of a row decoded at a time by the SIMD kernel (fits L1 with room to spare).
 const CHUNK: usize = 2048;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+#[cfg(target_arch = "x86_64")]
+fn gemm_avx2<const T: u8>(
+    n: usize,
+    w: &[u8],
+    nr: usize,
+    a: &[BlockQ8],
+    nc: usize,
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let nb = n / 32;
+    let rb = nb * block_bytes(T);
+    assert!(
+        n.is_multiple_of(32)
+            && w.len() >= nr * rb
+            && a.len() >= nc * nb
+            && (nc == 0 || nr == 0 || out.len() > (nc - 1) * ldo + nr - 1)
+    );
+    // SAFETY: `paths` hands this kernel out only when AVX2, FMA and F16C were detected; the
+    // lengths were checked above.
+    unsafe { avx2::gemm::<T>(n, w, nr, a, nc, out, ldo) }
+}
 
 #[cfg(target_arch = "x86_64")]
 fn gemm_avx512<const T: u8>(
@@ -496,6 +530,11 @@ mod tests {
             GgmlType::Q8_0,
             GgmlType::IQ4_NL,
         ] {
+            let names: Vec<_> = paths(ty).iter().map(|p| p.name).collect();
+            assert!(
+                !features().avx2 || names.contains(&"avx2"),
+                "{ty}: {names:?}"
+            );
             check_paths(ty, 2e-6);
         }
     }
