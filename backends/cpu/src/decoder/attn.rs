@@ -3,7 +3,7 @@
 //! per instruction set through [`crate::fused::math::dispatch`], so LLVM vectorises them with
 //! AVX-512 or AVX2 where the CPU has them and no `unsafe` is needed.
 
-use crate::fused::math::{dispatch, max_of, Kernel, Simd};
+use crate::fused::math::{dispatch, Kernel, Simd};
 
 const LANES: usize = 16;
 
@@ -123,49 +123,53 @@ struct Attend<'a> {
     stride: usize,
     npos: usize,
     scale: f32,
-    scores: &'a mut [f32],
     out: &'a mut [f32],
 }
 impl Kernel for Attend<'_> {
     type Out = ();
     #[inline(always)]
     fn run<M: Simd>(self, _m: M) {
+        use crate::fused::math::exp_f32;
         let hd = self.q.len();
-        for (j, s) in self.scores.iter_mut().enumerate().take(self.npos) {
-            let k = &self.kc[j * self.stride..j * self.stride + hd];
-            *s = dot_lanes(self.q, k) * self.scale;
-        }
-        let scores = &mut self.scores[..self.npos];
-        let m = max_of(scores);
-        let mut acc = [0f32; LANES];
-        let mut chunks = scores.chunks_exact_mut(LANES);
-        for c in &mut chunks {
-            for l in 0..LANES {
-                c[l] = crate::fused::math::exp_f32::<M>(c[l] - m);
-                acc[l] += c[l];
-            }
-        }
-        let mut sum: f32 = acc.iter().sum();
-        for v in chunks.into_remainder() {
-            *v = crate::fused::math::exp_f32::<M>(*v - m);
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
+        let key = |j: usize| &self.kc[j * self.stride..j * self.stride + hd];
+        let val = |j: usize| &self.vc[j * self.stride..j * self.stride + hd];
+        // Online softmax over chunks of positions: the running maximum `m`, the running sum
+        // `l` of exp(score − m) and the output accumulated with the same weights; a larger
+        // maximum rescales both. No buffer of all the scores.
+        let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
         self.out.fill(0.0);
-        for (j, &p) in scores.iter().enumerate() {
-            let v = &self.vc[j * self.stride..j * self.stride + hd];
-            let p = p * inv;
-            for (o, &x) in self.out.iter_mut().zip(v) {
-                *o += p * x;
+        let mut s = [0f32; LANES];
+        for j0 in (0..self.npos).step_by(LANES) {
+            let n = (self.npos - j0).min(LANES);
+            for (i, s) in s.iter_mut().enumerate().take(n) {
+                *s = dot_lanes(self.q, key(j0 + i)) * self.scale;
             }
+            let m_new = s[..n].iter().fold(m, |a, &b| a.max(b));
+            // exp(−inf) is exactly 0: the first chunk scales the empty state by zero.
+            let corr = exp_f32::<M>(m - m_new);
+            l *= corr;
+            for o in self.out.iter_mut() {
+                *o *= corr;
+            }
+            for (i, &si) in s.iter().enumerate().take(n) {
+                let p = exp_f32::<M>(si - m_new);
+                l += p;
+                for (o, &x) in self.out.iter_mut().zip(val(j0 + i)) {
+                    *o += p * x;
+                }
+            }
+            m = m_new;
+        }
+        let inv = 1.0 / l;
+        for o in self.out.iter_mut() {
+            *o *= inv;
         }
     }
 }
 
 /// One head of causal attention: `out = softmax(scale · q·Kᵀ) · V` over the first `npos`
-/// cached positions, whose keys/values start every `stride` floats in `kc`/`vc`.
-/// `scores` is scratch of at least `npos` floats.
-#[allow(clippy::too_many_arguments)]
+/// cached positions, whose keys/values start every `stride` floats in `kc`/`vc`, in one pass
+/// with an online softmax.
 pub fn attend(
     q: &[f32],
     kc: &[f32],
@@ -173,7 +177,6 @@ pub fn attend(
     stride: usize,
     npos: usize,
     scale: f32,
-    scores: &mut [f32],
     out: &mut [f32],
 ) {
     dispatch(Attend {
@@ -183,7 +186,54 @@ pub fn attend(
         stride,
         npos,
         scale,
-        scores,
         out,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-pass online softmax against scores, softmax and weighted sum done in f64.
+    #[test]
+    fn online_attention_matches_the_two_pass_reference() {
+        let (hd, stride) = (64, 3 * 64);
+        let mut seed = 1u64;
+        let mut rnd = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+        };
+        let kc: Vec<f32> = (0..100 * stride).map(|_| rnd()).collect();
+        let vc: Vec<f32> = (0..100 * stride).map(|_| rnd()).collect();
+        let q: Vec<f32> = (0..hd).map(|_| rnd()).collect();
+        for npos in [1, 15, 16, 17, 33, 100] {
+            let off = hd; // the second KV head
+            let mut out = vec![0f32; hd];
+            attend(&q, &kc[off..], &vc[off..], stride, npos, 0.125, &mut out);
+            let s: Vec<f64> = (0..npos)
+                .map(|j| {
+                    let k = &kc[off + j * stride..off + j * stride + hd];
+                    0.125
+                        * q.iter()
+                            .zip(k)
+                            .map(|(a, b)| *a as f64 * *b as f64)
+                            .sum::<f64>()
+                })
+                .collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for (d, o) in out.iter().enumerate() {
+                let want: f64 = (0..npos)
+                    .map(|j| e[j] / z * vc[off + j * stride + d] as f64)
+                    .sum();
+                assert!(
+                    (*o as f64 - want).abs() < 1e-5 * (1.0 + want.abs()),
+                    "npos {npos} dim {d}: {o} vs {want}"
+                );
+            }
+        }
+    }
 }

@@ -160,8 +160,7 @@ struct Bufs {
     /// rows for every token).
     amx_tmp: Vec<Vec<f32>>,
     logits: Vec<f32>,
-    /// Per thread: attention scores (`max positions`) and one dequantized weight row.
-    scores: Vec<Vec<f32>>,
+    /// Per thread: one dequantized weight row.
     row: Vec<Vec<f32>>,
 }
 
@@ -181,7 +180,7 @@ pub struct CpuDecoder {
     bufs: Bufs,
     /// Raw views of the per-layer caches and per-thread scratch, refreshed when they grow.
     kv_ptrs: Vec<(P, P)>,
-    scratch_ptrs: Vec<(P, P)>,
+    scratch_ptrs: Vec<P>,
     panel_ptrs: Vec<(PQ<u16>, P)>,
     /// Whether some weight matrix can multiply a prompt on AMX tiles.
     amx: bool,
@@ -305,8 +304,6 @@ impl CpuDecoder {
             }
         }
         self.kv_cap = cap;
-        let n = self.team.threads();
-        self.bufs.scores = vec![vec![0.0; cap]; n];
         self.refresh_ptrs();
     }
 
@@ -317,12 +314,7 @@ impl CpuDecoder {
             .map(|l| (P(l.kc.as_mut_ptr()), P(l.vc.as_mut_ptr())))
             .collect();
         let b = &mut self.bufs;
-        self.scratch_ptrs = b
-            .scores
-            .iter_mut()
-            .zip(b.row.iter_mut())
-            .map(|(s, r)| (P(s.as_mut_ptr()), P(r.as_mut_ptr())))
-            .collect();
+        self.scratch_ptrs = b.row.iter_mut().map(|r| P(r.as_mut_ptr())).collect();
         self.panel_ptrs = b
             .panels
             .iter_mut()
@@ -446,8 +438,8 @@ struct Ctx<'a> {
     panels: &'a [(PQ<u16>, P)],
     /// Per layer: the K and V caches.
     kv: &'a [(P, P)],
-    /// Per thread: the scores buffer and the dequantized-row buffer.
-    scratch: &'a [(P, P)],
+    /// Per thread: the dequantized-row buffer.
+    scratch: &'a [P],
     team: &'a Team,
 }
 
@@ -637,7 +629,7 @@ impl Ctx<'_> {
                 f(k, w, rows.len(), a, nc, out, n);
             }
             None => {
-                let row = self.scratch[tid].1.slice(0, k);
+                let row = self.scratch[tid].slice(0, k);
                 let xs = self.xn.slice(toks.start * k, nc * k);
                 for (ri, wr) in w.chunks_exact(rb).enumerate() {
                     dequantize_into(m.w.ggml_type(), wr, row)
@@ -716,7 +708,6 @@ impl Ctx<'_> {
                     dm.kvd(),
                     npos,
                     scale,
-                    self.scratch[tid].0.slice(0, npos),
                     self.att.slice(t * dm.qd() + h * dm.hd, dm.hd),
                 );
             }
