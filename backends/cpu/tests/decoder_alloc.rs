@@ -168,8 +168,12 @@ fn decode_steps_allocate_nothing_and_threads_agree() {
         .iter()
         .zip(&stepped)
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    // Both sides approximate: the batched products round weights to bf16, the stepped ones
+    // quantize activations to 8 bits (one plane for this model's k-quant matrices), and the
+    // random two-layer model amplifies either; 3% of the logits' scale bounds what an indexing
+    // or packing mistake would exceed many times over.
     assert!(
-        err <= 0.02 * scale,
+        err <= 0.03 * scale,
         "batched prompt vs token by token: max difference {err} (scale {scale})"
     );
 }

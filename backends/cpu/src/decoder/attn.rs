@@ -138,27 +138,34 @@ impl Kernel for Attend<'_> {
         // maximum rescales both. No buffer of all the scores.
         let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
         self.out.fill(0.0);
-        let mut s = [0f32; LANES];
         for j0 in (0..self.npos).step_by(LANES) {
             let n = (self.npos - j0).min(LANES);
+            // Lanes past the last position score −inf, so their weight is exactly 0.
+            let mut s = [f32::NEG_INFINITY; LANES];
             for (i, s) in s.iter_mut().enumerate().take(n) {
                 *s = dot_lanes(self.q, key(j0 + i)) * self.scale;
             }
-            let m_new = s[..n].iter().fold(m, |a, &b| a.max(b));
-            // exp(−inf) is exactly 0: the first chunk scales the empty state by zero.
-            let corr = exp_f32::<M>(m - m_new);
-            l *= corr;
-            for o in self.out.iter_mut() {
-                *o *= corr;
+            let m_new = s.iter().fold(m, |a, &b| a.max(b));
+            // The chunk's weights in one vector of exps.
+            let mut p = [0f32; LANES];
+            for (p, &s) in p.iter_mut().zip(&s) {
+                *p = exp_f32::<M>(s - m_new);
             }
-            for (i, &si) in s.iter().enumerate().take(n) {
-                let p = exp_f32::<M>(si - m_new);
-                l += p;
+            if m_new > m {
+                // exp(−inf) is exactly 0: the first chunk scales the empty state by zero.
+                let corr = exp_f32::<M>(m - m_new);
+                l *= corr;
+                for o in self.out.iter_mut() {
+                    *o *= corr;
+                }
+                m = m_new;
+            }
+            l += p.iter().sum::<f32>();
+            for (i, &pi) in p.iter().enumerate().take(n) {
                 for (o, &x) in self.out.iter_mut().zip(val(j0 + i)) {
-                    *o += p * x;
+                    *o += pi * x;
                 }
             }
-            m = m_new;
         }
         let inv = 1.0 / l;
         for o in self.out.iter_mut() {
