@@ -176,6 +176,28 @@ const CHUNK: usize = 2048;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 
+/// The bounds every SIMD kernel relies on: `w` holds `nr` rows and `a` `nc` columns of
+/// `n / 32` blocks, and `out` reaches the last output.
+#[cfg(target_arch = "x86_64")]
+fn check_job<const T: u8>(
+    n: usize,
+    w: &[u8],
+    nr: usize,
+    a: &[BlockQ8],
+    nc: usize,
+    out: &[f32],
+    ldo: usize,
+) {
+    let nb = n / 32;
+    assert!(
+        n.is_multiple_of(32)
+            && w.len() >= nr * nb * block_bytes(T)
+            && a.len() >= nc * nb
+            && (nc == 0 || nr == 0 || out.len() > (nc - 1) * ldo + nr - 1),
+        "quantized kernel: buffers too small for {nr} rows × {nc} columns of {n}"
+    );
+}
+
 #[cfg(target_arch = "x86_64")]
 fn gemm_avx2<const T: u8>(
     n: usize,
@@ -186,16 +208,9 @@ fn gemm_avx2<const T: u8>(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let nb = n / 32;
-    let rb = nb * block_bytes(T);
-    assert!(
-        n.is_multiple_of(32)
-            && w.len() >= nr * rb
-            && a.len() >= nc * nb
-            && (nc == 0 || nr == 0 || out.len() > (nc - 1) * ldo + nr - 1)
-    );
-    // SAFETY: `paths` hands this kernel out only when AVX2, FMA and F16C were detected; the
-    // lengths were checked above.
+    check_job::<T>(n, w, nr, a, nc, out, ldo);
+    // SAFETY: `paths` hands this kernel out only when AVX2, FMA and F16C were detected;
+    // `check_job` checked the lengths.
     unsafe { avx2::gemm::<T>(n, w, nr, a, nc, out, ldo) }
 }
 
@@ -209,16 +224,9 @@ fn gemm_avx512<const T: u8>(
     out: &mut [f32],
     ldo: usize,
 ) {
-    let nb = n / 32;
-    let rb = nb * block_bytes(T);
-    assert!(
-        n.is_multiple_of(32)
-            && w.len() >= nr * rb
-            && a.len() >= nc * nb
-            && (nc == 0 || nr == 0 || out.len() > (nc - 1) * ldo + nr - 1)
-    );
+    check_job::<T>(n, w, nr, a, nc, out, ldo);
     // SAFETY: `paths` hands this kernel out only when AVX-512 BW/VL and VNNI were detected;
-    // the lengths were checked above.
+    // `check_job` checked the lengths.
     unsafe { avx512::gemm::<T>(n, w, nr, a, nc, out, ldo) }
 }
 
