@@ -596,22 +596,18 @@ impl Ctx<'_> {
             let panel = std::slice::from_raw_parts_mut(self.panels[tid].0 .0, PANEL * k);
             for r0 in rows.clone().step_by(PANEL) {
                 let pr = (rows.end - r0).min(PANEL);
-                let done = quant::to_bf16::dequant_rows_bf16(
+                quant::amx_rows(
                     m.w.ggml_type(),
                     &data[r0 * rb..(r0 + pr) * rb],
                     pr,
                     k,
+                    nt,
+                    (xp, xp_lo),
                     panel,
+                    self.panels[tid].1.slice(0, nt * pr),
+                    out.slice(r0, (nt - 1) * n + pr),
+                    n,
                 );
-                debug_assert!(done, "Mat::new checked the type");
-                let w = &panel[..pr * k];
-                let o = out.slice(r0, (nt - 1) * n + pr);
-                amx::gemm(nt, k, xp, w, pr, o, n);
-                let lo = self.panels[tid].1.slice(0, nt * pr);
-                amx::gemm(nt, k, xp_lo, w, pr, lo, pr);
-                for t in 0..nt {
-                    attn::add(&mut o[t * n..t * n + pr], &lo[t * pr..(t + 1) * pr]);
-                }
             }
             return;
         }

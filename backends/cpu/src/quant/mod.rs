@@ -215,6 +215,35 @@ pub(crate) fn qmatmul(
     tensor_core::Tensor::from_vec(out, dims, x.device())
 }
 
+/// `out[t · ldo + r] = w[r] · x[t]` for the `pr` rows of `ty` weights in `wb` and the `m`
+/// tokens [`pack_planes`] packed into `planes`: the rows dequantized to bf16 into `panel`
+/// (`pr · k`), one tile product per plane, the second through `tmp` (`m · pr`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn amx_rows(
+    ty: GgmlType,
+    wb: &[u8],
+    pr: usize,
+    k: usize,
+    m: usize,
+    planes: (&[u16], &[u16]),
+    panel: &mut [u16],
+    tmp: &mut [f32],
+    out: &mut [f32],
+    ldo: usize,
+) {
+    let done = to_bf16::dequant_rows_bf16(ty, wb, pr, k, panel);
+    debug_assert!(done, "amx_ready checked the type");
+    let w = &panel[..pr * k];
+    amx::gemm(m, k, planes.0, w, pr, out, ldo);
+    amx::gemm(m, k, planes.1, w, pr, tmp, pr);
+    for t in 0..m {
+        let o = &mut out[t * ldo..t * ldo + pr];
+        o.iter_mut()
+            .zip(&tmp[t * pr..(t + 1) * pr])
+            .for_each(|(o, l)| *o += l);
+    }
+}
+
 /// `xs · wᵀ` (`[m, k]` by `[n, k]`) on AMX tiles: the activations packed once as two bf16
 /// planes, then rayon tasks of 64 weight rows, each dequantizing its rows to bf16 and
 /// multiplying every token by them.
@@ -230,18 +259,20 @@ fn qmatmul_amx(xs: &[f32], m: usize, k: usize, w: &tensor_core::quant::QTensor) 
         .map(|p| {
             let (r0, pr) = (p * PANEL, (n - p * PANEL).min(PANEL));
             let mut panel = amx::AlignedBuf::zeroed(pr * k);
-            let done = to_bf16::dequant_rows_bf16(
+            let (mut a, mut tmp) = (vec![0f32; m * pr], vec![0f32; m * pr]);
+            let wb = &w.data()[r0 * rb..(r0 + pr) * rb];
+            amx_rows(
                 ty,
-                &w.data()[r0 * rb..(r0 + pr) * rb],
+                wb,
                 pr,
                 k,
+                m,
+                (&hi, &lo),
                 &mut panel,
+                &mut tmp,
+                &mut a,
+                pr,
             );
-            debug_assert!(done, "amx_ready checked the type");
-            let (mut a, mut b) = (vec![0f32; m * pr], vec![0f32; m * pr]);
-            amx::gemm(m, k, &hi, &panel, pr, &mut a, pr);
-            amx::gemm(m, k, &lo, &panel, pr, &mut b, pr);
-            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
             a
         })
         .collect();
