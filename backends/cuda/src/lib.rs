@@ -1,2 +1,75 @@
-//! CUDA backend. Implemented by the CUDA issue; until then this crate exposes nothing, so no
-//! caller can mistake it for a working device.
+//! CUDA backend for tensor-engine, on cudarc with dynamic loading: the crate builds and its
+//! host-side tests run on machines without CUDA, where [`device`] is an ordinary `Err`.
+//!
+//! - Kernels are CUDA C (`kernels/*.cu`) compiled at run time by NVRTC to CUBIN for the GPU
+//!   at hand, once per process ([`kernels`]).
+//! - Matrix products go to cuBLAS.
+//! - Memory comes from a caching allocator ([`storage`]); data crosses between host and
+//!   device only in `from_host`/`to_host`, i.e. when the user moves a tensor.
+//! - All work of a device is queued on one stream, in call order.
+
+mod attention;
+mod copy;
+pub mod decoder;
+mod device;
+mod elementwise;
+mod error;
+mod fused;
+mod index;
+pub mod kernels;
+mod matmul;
+mod quant;
+mod random;
+mod reduce;
+pub mod storage;
+
+pub use device::{as_cuda, device, is_available, CudaDevice};
+pub use storage::{CudaStorage, PoolStats};
+
+use tensor_core::{BackendStorage, Error, Layout, Result};
+
+/// Launch kernel `$name` of module `$m` with config `$cfg` and the given arguments, which
+/// must be variables (not temporaries): the launch reads them through references.
+#[macro_export]
+macro_rules! launch {
+    ($dev:expr, $m:expr, $name:expr, $cfg:expr, $($arg:expr),* $(,)?) => {{
+        let f = $dev.func(&$m, $name)?;
+        let mut b = $dev.stream().launch_builder(&f);
+        $( cudarc::driver::PushKernelArg::arg(&mut b, &$arg); )*
+        // SAFETY: the kernel's parameter list matches the arguments pushed (each kernel file
+        // keeps its Rust call next to its CUDA signature); buffers are live device memory.
+        unsafe { b.launch($cfg) }
+            .map(|_| ())
+            .map_err(|e| $crate::storage::launch_error($name, e))
+    }};
+}
+
+/// The storage error for a layout that reaches past the end of its buffer (checked once on
+/// the host, so kernels never read out of bounds).
+pub(crate) fn check_layout(s: &dyn BackendStorage, l: &Layout, op: &'static str) -> Result<()> {
+    let need = l.required_len();
+    if need > s.len() {
+        return Err(Error::Backend {
+            backend: "cuda".into(),
+            msg: format!(
+                "{op}: layout {:?} (strides {:?}, offset {}) needs {need} elements, storage has {}",
+                l.dims(),
+                l.strides(),
+                l.offset(),
+                s.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn check_same_shape(a: &Layout, b: &Layout, op: &'static str) -> Result<()> {
+    if a.dims() != b.dims() {
+        return Err(Error::ShapeMismatch {
+            op,
+            lhs: a.shape().clone(),
+            rhs: b.shape().clone(),
+        });
+    }
+    Ok(())
+}

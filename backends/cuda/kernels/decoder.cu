@@ -1,0 +1,1 @@
+// decoder kernels (to be written).

@@ -1,0 +1,1 @@
+// fused kernels (to be written).

@@ -1,0 +1,1 @@
+// index kernels (to be written).

@@ -1,0 +1,1 @@
+// quant kernels (to be written).

@@ -1,0 +1,1 @@
+// random kernels (to be written).
