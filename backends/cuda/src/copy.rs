@@ -86,7 +86,15 @@ pub(crate) fn full(dev: &CudaDevice, n: usize, value: f64, dtype: DType) -> Resu
     };
     let n32 = check_u32(n)?;
     let dst = out.ptr();
-    launch!(dev, MODULE, &format!("fill_b{}", width(dtype)), cfg_1d(n32, dev.max_blocks()), n32, dst, bits)?;
+    launch!(
+        dev,
+        MODULE,
+        &format!("fill_b{}", width(dtype)),
+        cfg_1d(n32, dev.max_blocks()),
+        n32,
+        dst,
+        bits
+    )?;
     Ok(out)
 }
 
@@ -99,7 +107,17 @@ pub(crate) fn copy_strided(dev: &CudaDevice, s: &CudaStorage, l: &Layout) -> Res
     }
     let n32 = check_u32(n)?;
     let (src, sv, dst, dv) = (s.ptr(), Strided::new(l)?, out.ptr(), Strided::contiguous(0));
-    launch!(dev, MODULE, &format!("copy_b{}", width(s.dtype)), cfg_1d(n32, dev.max_blocks()), n32, src, sv, dst, dv)?;
+    launch!(
+        dev,
+        MODULE,
+        &format!("copy_b{}", width(s.dtype)),
+        cfg_1d(n32, dev.max_blocks()),
+        n32,
+        src,
+        sv,
+        dst,
+        dv
+    )?;
     Ok(out)
 }
 
@@ -118,11 +136,31 @@ pub(crate) fn copy_into(
         return Ok(());
     }
     let n32 = check_u32(n)?;
-    let (sp, sv, dp, dv) = (src.ptr(), Strided::new(src_l)?, dst.ptr(), Strided::new(dst_l)?);
-    launch!(dev, MODULE, &format!("copy_b{}", width(src.dtype)), cfg_1d(n32, dev.max_blocks()), n32, sp, sv, dp, dv)
+    let (sp, sv, dp, dv) = (
+        src.ptr(),
+        Strided::new(src_l)?,
+        dst.ptr(),
+        Strided::new(dst_l)?,
+    );
+    launch!(
+        dev,
+        MODULE,
+        &format!("copy_b{}", width(src.dtype)),
+        cfg_1d(n32, dev.max_blocks()),
+        n32,
+        sp,
+        sv,
+        dp,
+        dv
+    )
 }
 
-pub(crate) fn cast(dev: &CudaDevice, s: &CudaStorage, l: &Layout, dtype: DType) -> Result<CudaStorage> {
+pub(crate) fn cast(
+    dev: &CudaDevice,
+    s: &CudaStorage,
+    l: &Layout,
+    dtype: DType,
+) -> Result<CudaStorage> {
     if dtype == s.dtype {
         return copy_strided(dev, s, l);
     }
@@ -135,6 +173,15 @@ pub(crate) fn cast(dev: &CudaDevice, s: &CudaStorage, l: &Layout, dtype: DType) 
     let n32 = check_u32(n)?;
     let (src, sv, dst) = (s.ptr(), Strided::new(l)?, out.ptr());
     let name = format!("cast_{}_{}", s.dtype.as_str(), dtype.as_str());
-    launch!(dev, MODULE, &name, cfg_1d(n32, dev.max_blocks()), n32, src, sv, dst)?;
+    launch!(
+        dev,
+        MODULE,
+        &name,
+        cfg_1d(n32, dev.max_blocks()),
+        n32,
+        src,
+        sv,
+        dst
+    )?;
     Ok(out)
 }

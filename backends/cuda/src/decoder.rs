@@ -11,6 +11,9 @@ pub(crate) static MODULE: ModuleSrc = ModuleSrc {
     src: include_str!("../kernels/decoder.cu"),
 };
 
-pub(crate) fn fused_decoder(_dev: &CudaDevice, _spec: &DecoderSpec) -> Result<Option<Box<dyn FusedDecoder>>> {
+pub(crate) fn fused_decoder(
+    _dev: &CudaDevice,
+    _spec: &DecoderSpec,
+) -> Result<Option<Box<dyn FusedDecoder>>> {
     Ok(None)
 }

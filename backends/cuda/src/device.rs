@@ -43,7 +43,11 @@ pub struct CudaDevice {
 
 impl std::fmt::Debug for CudaDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CudaDevice(cuda:{}, {}, {})", self.ordinal, self.gpu_name, self.arch)
+        write!(
+            f,
+            "CudaDevice(cuda:{}, {}, {})",
+            self.ordinal, self.gpu_name, self.arch
+        )
     }
 }
 
@@ -107,7 +111,9 @@ impl CudaDevice {
         // We order all work on one stream ourselves: no per-buffer events.
         // SAFETY: called before any buffer or second stream exists.
         unsafe { ctx.disable_event_tracking() };
-        let (major, minor) = ctx.compute_capability().map_err(drv("compute capability"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(drv("compute capability"))?;
         let arch = format!("sm_{major}{minor}");
         let sm_count = ctx
             .attribute(
@@ -191,18 +197,20 @@ impl CudaDevice {
                 md
             }
         };
-        let f = module.load_function(name).map_err(|e| {
-            backend(format!("kernel {name} not found in module {}: {e}", m.name))
-        })?;
+        let f = module
+            .load_function(name)
+            .map_err(|e| backend(format!("kernel {name} not found in module {}: {e}", m.name)))?;
         k.funcs.insert(name.to_string(), f.clone());
         Ok(f)
     }
 
     /// A new uninitialised buffer of `n` elements of `dtype`.
     pub fn alloc(&self, n: usize, dtype: DType) -> Result<CudaStorage> {
-        let bytes = n
-            .checked_mul(dtype.size_in_bytes())
-            .ok_or_else(|| backend(format!("{n} elements of {dtype} overflow the address space")))?;
+        let bytes = n.checked_mul(dtype.size_in_bytes()).ok_or_else(|| {
+            backend(format!(
+                "{n} elements of {dtype} overflow the address space"
+            ))
+        })?;
         Ok(CudaStorage {
             buf: self.pool.alloc(bytes)?,
             dtype,
@@ -239,8 +247,10 @@ impl CudaDevice {
     pub fn check_err(&self, op: &'static str) -> Result<()> {
         let mut flag = [0u32];
         // SAFETY: reads our own 4-byte flag on our stream, then waits for it.
-        unsafe { result::memcpy_dtoh_async(&mut flag, self.err_flag.ptr(), self.stream.cu_stream()) }
-            .map_err(drv("reading the error flag"))?;
+        unsafe {
+            result::memcpy_dtoh_async(&mut flag, self.err_flag.ptr(), self.stream.cu_stream())
+        }
+        .map_err(drv("reading the error flag"))?;
         self.stream.synchronize().map_err(drv("synchronize"))?;
         if flag[0] == 0 {
             return Ok(());
@@ -259,7 +269,12 @@ impl CudaDevice {
     }
 
     /// Wrap a storage of this device as a contiguous tensor.
-    pub fn tensor(&self, s: CudaStorage, shape: impl Into<tensor_core::Shape>, like: &Tensor) -> Result<Tensor> {
+    pub fn tensor(
+        &self,
+        s: CudaStorage,
+        shape: impl Into<tensor_core::Shape>,
+        like: &Tensor,
+    ) -> Result<Tensor> {
         Tensor::from_backend_storage(Box::new(s), shape, like.device())
     }
 }

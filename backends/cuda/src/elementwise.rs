@@ -11,7 +11,12 @@ pub(crate) static MODULE: ModuleSrc = ModuleSrc {
     src: include_str!("../kernels/elementwise.cu"),
 };
 
-pub(crate) fn unary(_dev: &CudaDevice, op: UnaryOp, _s: &CudaStorage, _l: &Layout) -> Result<CudaStorage> {
+pub(crate) fn unary(
+    _dev: &CudaDevice,
+    op: UnaryOp,
+    _s: &CudaStorage,
+    _l: &Layout,
+) -> Result<CudaStorage> {
     Err(backend(format!("unary {} is not on CUDA yet", op.name())))
 }
 

@@ -26,7 +26,12 @@ pub(crate) fn layer_norm(
 ) -> Result<Tensor> {
     composite::layer_norm(x, weight, bias, eps)
 }
-pub(crate) fn rms_norm(_dev: &CudaDevice, x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+pub(crate) fn rms_norm(
+    _dev: &CudaDevice,
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    eps: f64,
+) -> Result<Tensor> {
     composite::rms_norm(x, weight, eps)
 }
 pub(crate) fn rms_norm_backward(

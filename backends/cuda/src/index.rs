@@ -62,7 +62,12 @@ pub(crate) fn index_add(
     Err(backend("index_add is not on CUDA yet"))
 }
 
-pub(crate) fn unfold(_dev: &CudaDevice, _s: &CudaStorage, _l: &Layout, _p: &UnfoldParams) -> Result<CudaStorage> {
+pub(crate) fn unfold(
+    _dev: &CudaDevice,
+    _s: &CudaStorage,
+    _l: &Layout,
+    _p: &UnfoldParams,
+) -> Result<CudaStorage> {
     Err(backend("unfold is not on CUDA yet"))
 }
 

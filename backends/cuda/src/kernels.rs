@@ -46,7 +46,9 @@ pub fn nvrtc_present() -> bool {
 /// Compile `m` (with the prelude) for `arch` (e.g. `sm_90`) and return the CUBIN image.
 pub fn compile_cubin(m: &ModuleSrc, arch: &str) -> Result<Vec<u8>> {
     if !nvrtc_present() {
-        return Err(backend("NVRTC (libnvrtc) not found: cannot compile CUDA kernels"));
+        return Err(backend(
+            "NVRTC (libnvrtc) not found: cannot compile CUDA kernels",
+        ));
     }
     let src = format!("{PRELUDE}\n#line 1 \"{}.cu\"\n{}", m.name, m.src);
     let csrc = CString::new(src).map_err(|_| backend("kernel source holds a NUL byte"))?;
@@ -66,7 +68,11 @@ pub fn compile_cubin(m: &ModuleSrc, arch: &str) -> Result<Vec<u8>> {
             // SAFETY: reading the log of a live program.
             let log = unsafe { nvrtc::get_program_log(prog) }
                 .map(|v| {
-                    let bytes: Vec<u8> = v.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+                    let bytes: Vec<u8> = v
+                        .iter()
+                        .take_while(|&&c| c != 0)
+                        .map(|&c| c as u8)
+                        .collect();
                     String::from_utf8_lossy(&bytes).into_owned()
                 })
                 .unwrap_or_default();
@@ -83,7 +89,8 @@ pub fn compile_cubin(m: &ModuleSrc, arch: &str) -> Result<Vec<u8>> {
                 Err(backend(format!("nvrtcGetCUBINSize({}): {r:?}", m.name)))
             } else {
                 let mut image = vec![0u8; size];
-                let r = unsafe { nvrtc_sys::nvrtcGetCUBIN(prog, image.as_mut_ptr() as *mut c_char) };
+                let r =
+                    unsafe { nvrtc_sys::nvrtcGetCUBIN(prog, image.as_mut_ptr() as *mut c_char) };
                 if r != nvrtc_sys::nvrtcResult::NVRTC_SUCCESS {
                     Err(backend(format!("nvrtcGetCUBIN({}): {r:?}", m.name)))
                 } else {

@@ -36,9 +36,10 @@ macro_rules! launch {
         let f = $dev.func(&$m, $name)?;
         let mut b = $dev.stream().launch_builder(&f);
         $( cudarc::driver::PushKernelArg::arg(&mut b, &$arg); )*
+        let cfg: cudarc::driver::LaunchConfig = $cfg;
         // SAFETY: the kernel's parameter list matches the arguments pushed (each kernel file
         // keeps its Rust call next to its CUDA signature); buffers are live device memory.
-        unsafe { b.launch($cfg) }
+        unsafe { b.launch(cfg) }
             .map(|_| ())
             .map_err(|e| $crate::storage::launch_error($name, e))
     }};

@@ -21,6 +21,11 @@ pub(crate) fn reduce(
     Err(backend(format!("reduce {} is not on CUDA yet", op.name())))
 }
 
-pub(crate) fn cumsum(_dev: &CudaDevice, _s: &CudaStorage, _l: &Layout, _dim: usize) -> Result<CudaStorage> {
+pub(crate) fn cumsum(
+    _dev: &CudaDevice,
+    _s: &CudaStorage,
+    _l: &Layout,
+    _dim: usize,
+) -> Result<CudaStorage> {
     Err(backend("cumsum is not on CUDA yet"))
 }

@@ -231,6 +231,11 @@ pub fn cuda_mut(s: &mut dyn BackendStorage) -> Result<&mut CudaStorage> {
         })
 }
 
+/// The error of a failed kernel launch.
+pub fn launch_error(name: &str, e: cudarc::driver::DriverError) -> Error {
+    crate::error::backend(format!("launching kernel {name}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::size_class;
@@ -244,9 +249,4 @@ mod tests {
         assert_eq!(size_class((1 << 20) + 1), 2 << 20);
         assert_eq!(size_class((4 << 20) + 1), 6 << 20);
     }
-}
-
-/// The error of a failed kernel launch.
-pub fn launch_error(name: &str, e: cudarc::driver::DriverError) -> Error {
-    crate::error::backend(format!("launching kernel {name}: {e}"))
 }
