@@ -74,3 +74,14 @@ pub(crate) fn check_same_shape(a: &Layout, b: &Layout, op: &'static str) -> Resu
     }
     Ok(())
 }
+
+/// Run `f` on the CUDA storage and layout of `t` (holding the storage's read lock).
+pub(crate) fn with_storage<R>(
+    t: &tensor_core::Tensor,
+    f: impl FnOnce(&CudaStorage, &Layout) -> Result<R>,
+) -> Result<R> {
+    let guard = t.storage();
+    let s = storage::cuda(guard.as_ref())?;
+    check_layout(s, t.layout(), "tensor")?;
+    f(s, t.layout())
+}
