@@ -40,6 +40,7 @@ options:
   --top-p P        nucleus sampling threshold in (0, 1], 1 = off (default 0.9)
   --seed S         sampling seed (default: from the clock)
   --threads N      CPU threads (default: all cores)
+  --device D       cpu, cuda or cuda:N (default cpu)
   --stats-json     also write the statistics as one JSON line on stderr
   -h, --help       print this help";
 
@@ -58,6 +59,7 @@ struct Args {
     seed: Option<u64>,
     threads: Option<usize>,
     stats_json: bool,
+    device: String,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
@@ -72,6 +74,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
         seed: None,
         threads: None,
         stats_json: false,
+        device: "cpu".into(),
     };
     fn num<T: std::str::FromStr>(
         flag: &str,
@@ -117,6 +120,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
                 )?
             }
             "--seed" => a.seed = Some(num("--seed", value(), |_: &u64| true, "an integer >= 0")?),
+            "--device" => a.device = value().ok_or("--device needs a value")?,
             "--threads" => {
                 a.threads = Some(num("--threads", value(), |&n: &usize| n > 0, "N >= 1")?)
             }
@@ -496,7 +500,7 @@ fn run(args: Args) -> Result<(), String> {
         Some(m) if Path::new(m).exists() => PathBuf::from(m),
         Some(m) => fetch_hub_model(m)?,
     };
-    let device = tensor_cpu::device();
+    let device = tensor_examples::device_from_name(&args.device)?;
     let lm = load(&path, &device)
         .map_err(|e| format!("cannot load the model from {}: {e}", path.display()))?;
     let tokenizer = lm

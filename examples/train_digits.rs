@@ -39,6 +39,7 @@ options:
   --out DIR      where the checkpoint and the plot go (default runs/digits)
   --resume       continue from DIR/digits.safetensors
   --stop-after N stop after epoch N (as if interrupted; --resume continues the same run)
+  --device D     cpu, cuda or cuda:N (default cpu)
   -h, --help     print this help";
 
 const TEST_ROWS: usize = 360;
@@ -52,6 +53,7 @@ struct Args {
     out: PathBuf,
     resume: bool,
     stop_after: Option<usize>,
+    device: String,
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> std::result::Result<Option<Args>, String> {
@@ -64,6 +66,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> std::result::Result<Optio
         out: PathBuf::from("runs/digits"),
         resume: false,
         stop_after: None,
+        device: "cpu".into(),
     };
     fn num<T: std::str::FromStr>(
         flag: &str,
@@ -91,6 +94,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> std::result::Result<Optio
             "--data" => a.data = Some(PathBuf::from(value().ok_or("--data needs a value")?)),
             "--out" => a.out = PathBuf::from(value().ok_or("--out needs a value")?),
             "--resume" => a.resume = true,
+            "--device" => a.device = value().ok_or("--device needs a value")?,
             "--stop-after" => {
                 a.stop_after = Some(num("--stop-after", value(), |&n: &usize| n > 0)?)
             }
@@ -155,13 +159,14 @@ fn evaluate(model: &Sequential, data: &Dataset, dev: &tensor_core::Device) -> Re
 
 fn run(args: Args) -> std::result::Result<f64, String> {
     let e = |e: tensor_core::Error| e.to_string();
-    let dev = tensor_cpu::device();
+    let dev = tensor_examples::device_from_name(&args.device)?;
     let data = load_digits(data_path(&args)?).map_err(e)?;
     let (train, test) = data.split(TEST_ROWS, args.seed).map_err(e)?;
     println!(
-        "digits: {} train / {} test images, {} threads",
+        "digits: {} train / {} test images, device {}, {} threads",
         train.len(),
         test.len(),
+        dev.name(),
         rayon_threads()
     );
 

@@ -4,6 +4,21 @@
 
 pub mod plot;
 
+/// The device a `--device` flag names: `cpu`, `cuda` (the first GPU) or `cuda:N`. Asking for
+/// CUDA on a machine without a driver or GPU is an error that says so.
+pub fn device_from_name(name: &str) -> Result<tensor_core::Device, String> {
+    match name {
+        "cpu" => Ok(tensor_cpu::device()),
+        "cuda" => tensor_cuda::device(0).map_err(|e| format!("--device cuda: {e}")),
+        _ => match name.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => tensor_cuda::device(i).map_err(|e| format!("--device {name}: {e}")),
+            _ => Err(format!(
+                "--device: unknown device {name:?} (expected cpu, cuda or cuda:N)"
+            )),
+        },
+    }
+}
+
 /// A progress bar for `total` steps in the examples' common style (hidden when stderr is
 /// not a terminal, so logs stay clean).
 pub fn progress_bar(total: u64) -> indicatif::ProgressBar {
