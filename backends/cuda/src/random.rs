@@ -1,34 +1,98 @@
 //! Seeded uniform and normal random numbers (`kernels/random.cu`).
+//!
+//! Counter-based: element `i` of a draw is Philox4x32-10 keyed by the seed at counter
+//! `(i, attempt, 0, 0)`, so a seed gives the same values whatever the launch configuration,
+//! and a shorter draw is a prefix of a longer one. The values differ from the CPU backend's
+//! (which uses `StdRng` per chunk); the distributions are the same.
 
-use tensor_core::{DType, Result};
+use tensor_core::{DType, Error, Result};
 
-use crate::error::backend;
-use crate::kernels::ModuleSrc;
-use crate::{CudaDevice, CudaStorage};
+use crate::kernels::{cfg_1d, check_u32, ModuleSrc};
+use crate::{launch, CudaDevice, CudaStorage};
 
 pub(crate) static MODULE: ModuleSrc = ModuleSrc {
     name: "random",
     src: include_str!("../kernels/random.cu"),
 };
 
-pub(crate) fn rand_uniform(
-    _dev: &CudaDevice,
-    _n: usize,
-    _lo: f64,
-    _hi: f64,
-    _dtype: DType,
-    _seed: u64,
+fn float_only(op: &'static str, dtype: DType) -> Result<()> {
+    if dtype.is_int() {
+        return Err(Error::UnsupportedDType {
+            op,
+            dtype,
+            expected: "a float dtype",
+        });
+    }
+    Ok(())
+}
+
+/// Launch `rand_{kind}_{dtype}(n, seed, a, b, out)`.
+fn draw(
+    dev: &CudaDevice,
+    kind: &str,
+    n: usize,
+    a: f64,
+    b: f64,
+    dtype: DType,
+    seed: u64,
 ) -> Result<CudaStorage> {
-    Err(backend("rand_uniform is not on CUDA yet"))
+    let out = dev.alloc(n, dtype)?;
+    if n == 0 {
+        return Ok(out);
+    }
+    let n32 = check_u32(n)?;
+    let o = out.ptr();
+    launch!(
+        dev,
+        MODULE,
+        &format!("rand_{kind}_{}", dtype.as_str()),
+        cfg_1d(n32, dev.max_blocks()),
+        n32,
+        seed,
+        a,
+        b,
+        o
+    )?;
+    Ok(out)
+}
+
+pub(crate) fn rand_uniform(
+    dev: &CudaDevice,
+    n: usize,
+    lo: f64,
+    hi: f64,
+    dtype: DType,
+    seed: u64,
+) -> Result<CudaStorage> {
+    const OP: &str = "rand_uniform";
+    float_only(OP, dtype)?;
+    if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
+        return Err(Error::invalid(
+            OP,
+            format!("bounds must be finite with lo <= hi, got [{lo}, {hi})"),
+        ));
+    }
+    if lo == hi {
+        return crate::copy::full(dev, n, lo, dtype);
+    }
+    draw(dev, "uniform", n, lo, hi, dtype, seed)
 }
 
 pub(crate) fn rand_normal(
-    _dev: &CudaDevice,
-    _n: usize,
-    _mean: f64,
-    _std: f64,
-    _dtype: DType,
-    _seed: u64,
+    dev: &CudaDevice,
+    n: usize,
+    mean: f64,
+    std: f64,
+    dtype: DType,
+    seed: u64,
 ) -> Result<CudaStorage> {
-    Err(backend("rand_normal is not on CUDA yet"))
+    const OP: &str = "rand_normal";
+    float_only(OP, dtype)?;
+    if !(mean.is_finite() && std.is_finite() && std >= 0.0) {
+        return Err(Error::invalid(
+            OP,
+            format!("needs a finite mean and std >= 0, got mean {mean}, std {std}"),
+        ));
+    }
+    draw(dev, "normal", n, mean, std, dtype, seed)
 }
