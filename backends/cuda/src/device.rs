@@ -34,8 +34,9 @@ pub struct CudaDevice {
     blas: Mutex<CudaBlas>,
     kernels: Mutex<KernelCache>,
     pool: Arc<Pool>,
-    /// One u32 that kernels set on a bad index or an integer division by zero.
-    err_flag: DevBuf,
+    /// One u32 per host thread that kernels set on a bad index or an integer division by
+    /// zero (per thread, so that concurrent ops never see each other's errors).
+    err_flags: Mutex<HashMap<std::thread::ThreadId, DevBuf>>,
     arch: String,
     sm_count: u32,
     gpu_name: String,
@@ -125,10 +126,6 @@ impl CudaDevice {
         let stream = ctx.new_stream().map_err(drv("creating a stream"))?;
         let blas = CudaBlas::new(stream.clone()).map_err(drv("creating the cuBLAS handle"))?;
         let pool = Pool::new(ctx.clone());
-        let err_flag = pool.alloc(4)?;
-        // SAFETY: a 4-byte buffer we own, zeroed on our stream.
-        unsafe { result::memset_d8_async(err_flag.ptr(), 0, 4, stream.cu_stream()) }
-            .map_err(drv("memset"))?;
         Ok(CudaDevice {
             ordinal,
             ctx,
@@ -136,7 +133,7 @@ impl CudaDevice {
             blas: Mutex::new(blas),
             kernels: Mutex::new(KernelCache::default()),
             pool,
-            err_flag,
+            err_flags: Mutex::new(HashMap::new()),
             arch,
             sm_count,
             gpu_name,
@@ -236,26 +233,39 @@ impl CudaDevice {
         Ok(s)
     }
 
-    /// The device address of the error flag, for kernels that validate indices.
-    pub fn err_ptr(&self) -> u64 {
-        self.err_flag.ptr()
+    /// The device address of the calling thread's error flag, for kernels that validate
+    /// indices or integer divisors.
+    pub fn err_ptr(&self) -> Result<u64> {
+        self.thread_flag()
     }
 
-    /// Wait for the queued work and turn a raised error flag into an `Err` for `op` (costs
-    /// a device synchronisation: called only by ops that validate indices or integer
-    /// divisors).
-    pub fn check_err(&self, op: &'static str) -> Result<()> {
-        let mut flag = [0u32];
-        // SAFETY: reads our own 4-byte flag on our stream, then waits for it.
-        unsafe {
-            result::memcpy_dtoh_async(&mut flag, self.err_flag.ptr(), self.stream.cu_stream())
+    fn thread_flag(&self) -> Result<u64> {
+        let mut flags = self.err_flags.lock().unwrap_or_else(|e| e.into_inner());
+        let id = std::thread::current().id();
+        if let Some(b) = flags.get(&id) {
+            return Ok(b.ptr());
         }
-        .map_err(drv("reading the error flag"))?;
+        let b = self.zeros(1, DType::U32)?.buf;
+        let p = b.ptr();
+        flags.insert(id, b);
+        Ok(p)
+    }
+
+    /// Wait for the queued work and turn a raised error flag of this thread into an `Err`
+    /// for `op` (costs a device synchronisation: called only by ops that validate indices or
+    /// integer divisors).
+    pub fn check_err(&self, op: &'static str) -> Result<()> {
+        let ptr = self.thread_flag()?;
+        let mut flag = [0u32];
+        // SAFETY: reads this thread's own 4-byte flag on our stream, then waits for it.
+        unsafe { result::memcpy_dtoh_async(&mut flag, ptr, self.stream.cu_stream()) }
+            .map_err(drv("reading the error flag"))?;
         self.stream.synchronize().map_err(drv("synchronize"))?;
         if flag[0] == 0 {
             return Ok(());
         }
-        unsafe { result::memset_d8_async(self.err_flag.ptr(), 0, 4, self.stream.cu_stream()) }
+        // SAFETY: clears the same flag.
+        unsafe { result::memset_d8_async(ptr, 0, 4, self.stream.cu_stream()) }
             .map_err(drv("memset"))?;
         let what = match flag[0] {
             1 => "an index is out of range",

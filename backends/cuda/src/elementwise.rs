@@ -160,7 +160,7 @@ pub(crate) fn binary(
         rhs.ptr(),
         Strided::new(rhs_l)?,
         out.ptr(),
-        dev.err_ptr(),
+        dev.err_ptr()?,
     );
     launch!(
         dev,

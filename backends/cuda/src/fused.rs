@@ -407,7 +407,7 @@ fn ce_launch(
         let ignore = p.ignore_index.unwrap_or(0);
         let eps = p.label_smoothing;
         let op = out.ptr();
-        let err = dev.err_ptr();
+        let err = dev.err_ptr()?;
         let lc = cfg(rows.min(dev.max_blocks().saturating_mul(8)), ce_block(c));
         let checked = match grad {
             None => {

@@ -216,7 +216,7 @@ fn run_gather(
         src_l.strides()[dim] as u64,
         size as u64,
     );
-    let (ip, iv, op_, err) = (ids.ptr(), Strided::new(ids_view)?, out.ptr(), dev.err_ptr());
+    let (ip, iv, op_, err) = (ids.ptr(), Strided::new(ids_view)?, out.ptr(), dev.err_ptr()?);
     let name = format!("gather_b{}_{idt}", src.dtype.size_in_bytes());
     launch!(
         dev,
@@ -310,7 +310,7 @@ fn run_scatter_add(
         Strided::new(ids_view)?,
         src.ptr(),
         Strided::new(src_l)?,
-        dev.err_ptr(),
+        dev.err_ptr()?,
     );
     let name = format!("scatter_add_{}_{idt}", dst.dtype.as_str());
     launch!(
