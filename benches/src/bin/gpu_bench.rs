@@ -30,7 +30,7 @@ use tensor_nn::optim::{AdamW, AdamWConfig, Optimizer};
 use tensor_nn::transformer::{
     BlockConfig, BlockInputs, BlockNames, NormKind, NormPosition, TransformerBlock,
 };
-use tensor_nn::{Embedding, VarBuilder, VarMap};
+use tensor_nn::{Embedding, Init, VarBuilder, VarMap};
 
 fn flag<T: std::str::FromStr>(
     args: &[String],
@@ -216,9 +216,17 @@ impl Gpt2 {
         let blocks = (0..layers)
             .map(|i| TransformerBlock::build(&vb.pp("h").pp(i), &bc))
             .collect::<Result<Vec<_>>>()?;
+        // GPT-2's initialisation of the tables (std 0.02), so the loss starts near ln(vocab).
+        let table = |name: &str, rows: usize| {
+            let init = Init::Normal {
+                mean: 0.0,
+                std: 0.02,
+            };
+            Embedding::new(vb.pp(name).get_with_init((rows, dim), "weight", init)?)
+        };
         Ok(Gpt2 {
-            wte: Embedding::build(&vb.pp("wte"), vocab, dim)?,
-            wpe: Embedding::build(&vb.pp("wpe"), seq, dim)?,
+            wte: table("wte", vocab)?,
+            wpe: table("wpe", seq)?,
             blocks,
             ln_f: LayerNorm::build(&vb.pp("ln_f"), dim, 1e-5, true)?,
         })
