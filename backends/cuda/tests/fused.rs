@@ -946,17 +946,26 @@ fn optimizer_updates_match_references() {
                         &what,
                     ) {
                         Some(()) => {
+                            // The composite rounds to 16 bits after every op (the fused
+                            // kernel once), so in f16/bf16 the two drift apart by tens of
+                            // ulps over a few steps; the f64 reference above is the strict
+                            // check.
+                            let tc = if dt.size_in_bytes() == 2 {
+                                5.0 * tl
+                            } else {
+                                2.0 * tl
+                            };
                             close(
                                 &vals(&param),
                                 &vals(&p_c),
-                                2.0 * tl,
+                                tc,
                                 &format!("{what}: param vs composite"),
                             );
                             for (a, b) in state.iter().zip(&s_c) {
                                 close(
                                     &vals(a),
                                     &vals(b),
-                                    2.0 * tl,
+                                    tc,
                                     &format!("{what}: state vs composite"),
                                 );
                             }
