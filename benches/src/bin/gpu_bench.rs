@@ -152,11 +152,16 @@ fn decode(dev: &Device, args: &[String]) -> std::result::Result<(), String> {
         .fused_decoder(&spec)
         .map_err(e)?
         .ok_or("this device has no fused decoder")?;
+    // A plain compare loop: `max_by(total_cmp)` over 128k logits costs ~0.3 ms a step.
     let argmax = |l: &[f32]| {
-        l.iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map_or(0, |(i, _)| i as u32)
+        let (mut best, mut at) = (f32::NEG_INFINITY, 0u32);
+        for (i, &x) in l.iter().enumerate() {
+            if x > best {
+                best = x;
+                at = i as u32;
+            }
+        }
+        at
     };
     let ids: Vec<u32> = (0..prompt as u32)
         .map(|i| (i * 7919 + 13) % vocab as u32)
