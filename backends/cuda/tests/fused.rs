@@ -79,6 +79,20 @@ fn tol(dt: DType) -> f64 {
 
 const FLOATS: [DType; 4] = [DType::F32, DType::F64, DType::BF16, DType::F16];
 
+/// `close` against the composite optimizer update. In f16 the composite rounds every
+/// intermediate to 16 bits, so `grad²` or a quotient can overflow to ±inf (or give NaN) where
+/// the fused kernel, computing in f32, stays finite; those elements are left to the strict f64
+/// reference check and skipped here.
+fn close_to_composite(got: &[f64], want: &[f64], tol: f64, what: &str, half: bool) {
+    let (g, w): (Vec<f64>, Vec<f64>) = got
+        .iter()
+        .zip(want)
+        .filter(|(a, b)| !(half && a.is_finite() && !b.is_finite()))
+        .map(|(&a, &b)| (a, b))
+        .unzip();
+    close(&g, &w, tol, what);
+}
+
 /// Max |a − b| / (1 + |b|) ≤ tol; NaN must match NaN and infinities must be equal.
 fn close(got: &[f64], want: &[f64], tol: f64, what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
@@ -955,18 +969,21 @@ fn optimizer_updates_match_references() {
                             } else {
                                 2.0 * tl
                             };
-                            close(
+                            let half = dt.size_in_bytes() == 2;
+                            close_to_composite(
                                 &vals(&param),
                                 &vals(&p_c),
                                 tc,
                                 &format!("{what}: param vs composite"),
+                                half,
                             );
                             for (a, b) in state.iter().zip(&s_c) {
-                                close(
+                                close_to_composite(
                                     &vals(a),
                                     &vals(b),
                                     tc,
                                     &format!("{what}: state vs composite"),
+                                    half,
                                 );
                             }
                         }
