@@ -216,7 +216,12 @@ fn run_gather(
         src_l.strides()[dim] as u64,
         size as u64,
     );
-    let (ip, iv, op_, err) = (ids.ptr(), Strided::new(ids_view)?, out.ptr(), dev.err_ptr()?);
+    let (ip, iv, op_, err) = (
+        ids.ptr(),
+        Strided::new(ids_view)?,
+        out.ptr(),
+        dev.err_ptr()?,
+    );
     let name = format!("gather_b{}_{idt}", src.dtype.size_in_bytes());
     launch!(
         dev,
