@@ -5,21 +5,6 @@
 // Semantics follow the CPU backend (backends/cpu/src/elementwise.rs): f16/bf16 compute in
 // f32 and round once; integers compute exactly in their own type and wrap.
 
-// The prelude's at() with its dim loop kept rolled: a fraction of the code (and of NVRTC's
-// compile time) at the same speed, the loop being bound by its divisions anyway.
-__device__ __forceinline__ u64 at_r(const Strided& s, u32 i) {
-    if (s.rank == 0) return s.offset + i;
-    u64 off = s.offset;
-#pragma unroll 1
-    for (int d = (int)s.rank - 1; d >= 0; --d) {
-        const u32 dim = s.dims[d];
-        const u32 q = i / dim;
-        off += (u64)(i - q * dim) * s.strides[d];
-        i = q;
-    }
-    return off;
-}
-
 // ---- op codes ------------------------------------------------------------------------------
 #define U_NEG 0u
 #define U_ABS 1u
@@ -289,27 +274,27 @@ template <typename C> __device__ __forceinline__ C float_binary(u32 op, C a, C b
     extern "C" __global__ void unary_##T(u32 n, u32 op, double p0, double p1, const T* src, Strided s, T* dst) { \
         typedef Compute<T>::type C; \
         const C q0 = M<C>::c(p0), q1 = M<C>::c(p1); \
-        GRID_STRIDE(i, n) dst[i] = st<T>(float_unary<C>(op, ld<T>(src[at_r(s, i)]), q0, q1)); \
+        GRID_STRIDE(i, n) dst[i] = st<T>(float_unary<C>(op, ld<T>(src[at(s, i)]), q0, q1)); \
     }
 FOR_FLOATS(UNARY_FLOAT_K)
 
 #define UNARY_INT_K(T) \
     extern "C" __global__ void unary_##T(u32 n, u32 op, i64 im, i64 ia, double p0, double p1, const T* src, Strided s, T* dst) { \
-        GRID_STRIDE(i, n) dst[i] = int_unary<T>(op, src[at_r(s, i)], im, ia, p0, p1); \
+        GRID_STRIDE(i, n) dst[i] = int_unary<T>(op, src[at(s, i)], im, ia, p0, p1); \
     }
 FOR_INTS(UNARY_INT_K)
 
 #define BINARY_FLOAT_K(T) \
     extern "C" __global__ void binary_##T(u32 n, u32 op, const T* a, Strided sa, const T* b, Strided sb, T* dst, u32* err) { \
         typedef Compute<T>::type C; \
-        GRID_STRIDE(i, n) dst[i] = st<T>(float_binary<C>(op, ld<T>(a[at_r(sa, i)]), ld<T>(b[at_r(sb, i)]))); \
+        GRID_STRIDE(i, n) dst[i] = st<T>(float_binary<C>(op, ld<T>(a[at(sa, i)]), ld<T>(b[at(sb, i)]))); \
     }
 FOR_FLOATS(BINARY_FLOAT_K)
 
 #define BINARY_INT_K(T) \
     extern "C" __global__ void binary_##T(u32 n, u32 op, const T* a, Strided sa, const T* b, Strided sb, T* dst, u32* err) { \
         bool zero = false; \
-        GRID_STRIDE(i, n) dst[i] = int_binary<T>(op, a[at_r(sa, i)], b[at_r(sb, i)], &zero); \
+        GRID_STRIDE(i, n) dst[i] = int_binary<T>(op, a[at(sa, i)], b[at(sb, i)], &zero); \
         if (zero) raise_err(err, ERR_DIV_ZERO); \
     }
 FOR_INTS(BINARY_INT_K)
@@ -328,7 +313,7 @@ template <typename C> __device__ __forceinline__ u8 compare(u32 op, C a, C b) {
 
 #define CMP_K(T) \
     extern "C" __global__ void cmp_##T(u32 n, u32 op, const T* a, Strided sa, const T* b, Strided sb, u8* dst) { \
-        GRID_STRIDE(i, n) dst[i] = compare<Compute<T>::type>(op, ld<T>(a[at_r(sa, i)]), ld<T>(b[at_r(sb, i)])); \
+        GRID_STRIDE(i, n) dst[i] = compare<Compute<T>::type>(op, ld<T>(a[at(sa, i)]), ld<T>(b[at(sb, i)])); \
     }
 FOR_ALL(CMP_K)
 
@@ -336,7 +321,7 @@ FOR_ALL(CMP_K)
 // of width B bytes. (Other condition dtypes become a u8 mask through cmp_*(ne, 0) first.)
 #define WHERE_K(B, V) \
     extern "C" __global__ void where_b##B(u32 n, const u8* c, Strided sc, const V* t, Strided st_, const V* f, Strided sf, V* dst) { \
-        GRID_STRIDE(i, n) dst[i] = c[at_r(sc, i)] != 0 ? t[at_r(st_, i)] : f[at_r(sf, i)]; \
+        GRID_STRIDE(i, n) dst[i] = c[at(sc, i)] != 0 ? t[at(st_, i)] : f[at(sf, i)]; \
     }
 WHERE_K(1, u8)
 WHERE_K(2, u16)

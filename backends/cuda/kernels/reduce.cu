@@ -2,7 +2,7 @@
 //
 // A reduction sees its input as two strided views: the kept dims (`ks`, one entry per output,
 // carrying the storage offset) and the reduced dims (`rs`, offset 0), so element (o, r) lives
-// at at_r(ks, o) + at_r(rs, r), r being the row-major position in the reduced index space.
+// at at(ks, o) + at(rs, r), r being the row-major position in the reduced index space.
 //
 // Blocks are 2-D, blockDim.x * blockDim.y == 256 with blockDim.x a power of two: each row y
 // of a block reduces one output, its blockDim.x threads striding over the reduced range, then
@@ -17,21 +17,6 @@
 // type (wrapping). Max/min/argmax/argmin keep (value, index) and prefer, in order: a NaN, the
 // larger (smaller) value, the smaller index; so ties give the first extremum and a NaN wins
 // (torch semantics), whatever the grouping.
-
-// The prelude's at() with its dim loop kept rolled: a fraction of the code (and of NVRTC's
-// compile time) at the same speed, the loop being bound by its divisions anyway.
-__device__ __forceinline__ u64 at_r(const Strided& s, u32 i) {
-    if (s.rank == 0) return s.offset + i;
-    u64 off = s.offset;
-#pragma unroll 1
-    for (int d = (int)s.rank - 1; d >= 0; --d) {
-        const u32 dim = s.dims[d];
-        const u32 q = i / dim;
-        off += (u64)(i - q * dim) * s.strides[d];
-        i = q;
-    }
-    return off;
-}
 
 #define NONE_IDX 0xffffffffu
 #define RM_MAX 1u      // max/argmax (else min/argmin)
@@ -103,8 +88,8 @@ template <typename T, typename R> struct StridedSrc {
     const T* p;
     const Strided& ks;
     const Strided& rs;
-    __device__ __forceinline__ u64 base(u32 o) const { return at_r(ks, o); }
-    __device__ __forceinline__ typename R::Acc get(u64 b, u32 r) const { return R::load(p[b + at_r(rs, r)], r); }
+    __device__ __forceinline__ u64 base(u32 o) const { return at(ks, o); }
+    __device__ __forceinline__ typename R::Acc get(u64 b, u32 r) const { return R::load(p[b + at(rs, r)], r); }
 };
 
 // Accumulators of pass 1: `nsplit` per output, in split order.
@@ -202,7 +187,7 @@ __device__ __forceinline__ void reduce_tiles(u32 out_n, u32 red_n, u32 chunk, co
 FOR_ALL(RED_ALL)
 
 // ---- cumsum --------------------------------------------------------------------------------
-// The input is `lines` lines of `n` elements: line L starts at at_r(ls, L) (ls: the view without
+// The input is `lines` lines of `n` elements: line L starts at at(ls, L) (ls: the view without
 // the scanned dim) and steps by `sd`. The output is contiguous in the input's shape: with
 // `inner` the product of the dims after the scanned one, element j of line L goes to
 // (L / inner) * n * inner + j * inner + L % inner.
@@ -219,7 +204,7 @@ template <typename T>
 __device__ __forceinline__ void cumsum_lines(u32 lines, u32 n, u32 inner, const T* src, const Strided& ls, u64 sd, T* dst) {
     typedef typename Compute<T>::type A;
     GRID_STRIDE(L, lines) {
-        const u64 b = at_r(ls, L);
+        const u64 b = at(ls, L);
         const u64 ob = line_out(L, n, inner);
         A acc = (A)0;
         u64 j = 0;
@@ -270,7 +255,7 @@ __device__ __forceinline__ void cumsum_warps(u32 lines, u32 n, u32 inner, const 
     const u32 lane = threadIdx.x & 31u;
     const u64 nwarps = ((u64)gridDim.x * blockDim.x) >> 5;
     for (u64 L = ((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; L < lines; L += nwarps) {
-        const u64 b = at_r(ls, (u32)L);
+        const u64 b = at(ls, (u32)L);
         const u64 ob = line_out((u32)L, n, inner);
         A carry = (A)0;
         for (u64 j0 = 0; j0 < n; j0 += 32) {
@@ -291,7 +276,7 @@ __device__ __forceinline__ void cumsum_block(u32 lines, u32 n, u32 inner, const 
     __shared__ A warp_tot[32];
     const u32 tid = threadIdx.x, lane = tid & 31u, warp = tid >> 5, nw = blockDim.x >> 5;
     for (u32 L = blockIdx.x; L < lines; L += gridDim.x) {
-        const u64 b = at_r(ls, L);
+        const u64 b = at(ls, L);
         const u64 ob = line_out(L, n, inner);
         A carry = (A)0;
         for (u64 j0 = 0; j0 < n; j0 += blockDim.x) {
