@@ -237,6 +237,14 @@ mod tests {
         }
     }
 
+    /// What the mock answers to every op but `from_host`: the tests below never call them, and
+    /// a call would be a mistake worth an error, not a wrong value.
+    fn unused<T>() -> Result<T> {
+        Err(crate::Error::msg(
+            "the upload-counting mock device only takes bytes from the host",
+        ))
+    }
+
     /// A device that can only take bytes from the host, and counts how often it does.
     #[derive(Debug)]
     struct Uploads {
@@ -261,29 +269,29 @@ mod tests {
             self.count.fetch_add(1, Ordering::SeqCst);
             match data {
                 HostData::U8(v) => Ok(Box::new(Bytes(v))),
-                other => panic!("unexpected upload of {:?}", other.dtype()),
+                other => Err(crate::Error::msg(format!("unexpected upload of {:?}", other.dtype()))),
             }
         }
-        fn to_host(&self, _: &dyn BackendStorage, _: &Layout) -> Result<HostData> { unimplemented!() }
-        fn full(&self, _: usize, _: f64, _: DType) -> Result<Storage> { unimplemented!() }
-        fn rand_uniform(&self, _: usize, _: f64, _: f64, _: DType, _: u64) -> Result<Storage> { unimplemented!() }
-        fn rand_normal(&self, _: usize, _: f64, _: f64, _: DType, _: u64) -> Result<Storage> { unimplemented!() }
-        fn copy_strided(&self, _: &dyn BackendStorage, _: &Layout) -> Result<Storage> { unimplemented!() }
-        fn copy_into(&self, _: &mut dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout) -> Result<()> { unimplemented!() }
-        fn cast(&self, _: &dyn BackendStorage, _: &Layout, _: DType) -> Result<Storage> { unimplemented!() }
-        fn unary(&self, _: UnaryOp, _: &dyn BackendStorage, _: &Layout) -> Result<Storage> { unimplemented!() }
-        fn binary(&self, _: BinaryOp, _: &dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout) -> Result<Storage> { unimplemented!() }
-        fn cmp(&self, _: CmpOp, _: &dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout) -> Result<Storage> { unimplemented!() }
-        fn where_cond(&self, _: &dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout) -> Result<Storage> { unimplemented!() }
-        fn reduce(&self, _: ReduceOp, _: &dyn BackendStorage, _: &Layout, _: &[usize]) -> Result<Storage> { unimplemented!() }
-        fn cumsum(&self, _: &dyn BackendStorage, _: &Layout, _: usize) -> Result<Storage> { unimplemented!() }
-        fn matmul(&self, _: &dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout) -> Result<Storage> { unimplemented!() }
-        fn index_select(&self, _: &dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout, _: usize) -> Result<Storage> { unimplemented!() }
-        fn gather(&self, _: &dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout, _: usize) -> Result<Storage> { unimplemented!() }
-        fn scatter_add(&self, _: &dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout, _: usize) -> Result<Storage> { unimplemented!() }
-        fn index_add(&self, _: &dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout, _: usize) -> Result<Storage> { unimplemented!() }
-        fn unfold(&self, _: &dyn BackendStorage, _: &Layout, _: &UnfoldParams) -> Result<Storage> { unimplemented!() }
-        fn fold(&self, _: &dyn BackendStorage, _: &Layout, _: &UnfoldParams, _: &[usize]) -> Result<Storage> { unimplemented!() }
+        fn to_host(&self, _: &dyn BackendStorage, _: &Layout) -> Result<HostData> { unused() }
+        fn full(&self, _: usize, _: f64, _: DType) -> Result<Storage> { unused() }
+        fn rand_uniform(&self, _: usize, _: f64, _: f64, _: DType, _: u64) -> Result<Storage> { unused() }
+        fn rand_normal(&self, _: usize, _: f64, _: f64, _: DType, _: u64) -> Result<Storage> { unused() }
+        fn copy_strided(&self, _: &dyn BackendStorage, _: &Layout) -> Result<Storage> { unused() }
+        fn copy_into(&self, _: &mut dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout) -> Result<()> { unused() }
+        fn cast(&self, _: &dyn BackendStorage, _: &Layout, _: DType) -> Result<Storage> { unused() }
+        fn unary(&self, _: UnaryOp, _: &dyn BackendStorage, _: &Layout) -> Result<Storage> { unused() }
+        fn binary(&self, _: BinaryOp, _: &dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout) -> Result<Storage> { unused() }
+        fn cmp(&self, _: CmpOp, _: &dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout) -> Result<Storage> { unused() }
+        fn where_cond(&self, _: &dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout) -> Result<Storage> { unused() }
+        fn reduce(&self, _: ReduceOp, _: &dyn BackendStorage, _: &Layout, _: &[usize]) -> Result<Storage> { unused() }
+        fn cumsum(&self, _: &dyn BackendStorage, _: &Layout, _: usize) -> Result<Storage> { unused() }
+        fn matmul(&self, _: &dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout) -> Result<Storage> { unused() }
+        fn index_select(&self, _: &dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout, _: usize) -> Result<Storage> { unused() }
+        fn gather(&self, _: &dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout, _: usize) -> Result<Storage> { unused() }
+        fn scatter_add(&self, _: &dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout, _: usize) -> Result<Storage> { unused() }
+        fn index_add(&self, _: &dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout, _: &dyn BackendStorage, _: &Layout, _: usize) -> Result<Storage> { unused() }
+        fn unfold(&self, _: &dyn BackendStorage, _: &Layout, _: &UnfoldParams) -> Result<Storage> { unused() }
+        fn fold(&self, _: &dyn BackendStorage, _: &Layout, _: &UnfoldParams, _: &[usize]) -> Result<Storage> { unused() }
     }
 
     fn q4_0() -> QTensor {
