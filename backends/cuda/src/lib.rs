@@ -75,7 +75,6 @@ pub(crate) fn check_same_shape(a: &Layout, b: &Layout, op: &'static str) -> Resu
     Ok(())
 }
 
-#[allow(dead_code)] // not every build of the op files uses it
 /// Run `f` on the CUDA storage and layout of `t` (holding the storage's read lock).
 pub(crate) fn with_storage<R>(
     t: &tensor_core::Tensor,
