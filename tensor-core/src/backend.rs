@@ -441,6 +441,18 @@ pub trait BackendDevice: Send + Sync + std::fmt::Debug {
     ) -> Result<Tensor> {
         crate::composite::layer_norm(x, weight, bias, eps)
     }
+    /// Gradients of [`BackendDevice::layer_norm`] with respect to `x`, `weight` (if given)
+    /// and the bias (if `has_bias`), for the output gradient `grad` (shape of `x`).
+    fn layer_norm_backward(
+        &self,
+        x: &Tensor,
+        weight: Option<&Tensor>,
+        has_bias: bool,
+        grad: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+        crate::composite::layer_norm_backward(x, weight, has_bias, grad, eps)
+    }
     fn rms_norm(&self, x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Tensor> {
         crate::composite::rms_norm(x, weight, eps)
     }
@@ -454,6 +466,12 @@ pub trait BackendDevice: Send + Sync + std::fmt::Debug {
         eps: f64,
     ) -> Result<(Tensor, Option<Tensor>)> {
         crate::composite::rms_norm_backward(x, weight, grad, eps)
+    }
+    /// `grad · f'(x)` for the activations `op` ∈ {`Gelu`, `GeluTanh`, `Silu`}, whose
+    /// derivatives depend on the input alone; `x` and `grad` have one shape. The result has
+    /// `x`'s dtype.
+    fn unary_backward(&self, op: crate::UnaryOp, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        crate::composite::unary_backward(op, x, grad)
     }
     /// `silu(gate) · up` (the SwiGLU hidden activation); both of one shape.
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {

@@ -110,6 +110,8 @@ pub(crate) enum Op {
     },
     /// Fused RMS norm: input, optional weight, eps.
     RmsNorm(Tensor, Option<Tensor>, f64),
+    /// Fused layer norm: input, optional weight, optional bias, eps.
+    LayerNorm(Tensor, Option<Tensor>, Option<Tensor>, f64),
     /// Fused rotary embedding of `x` with constant (untracked) `cos`, `sin`.
     Rope {
         x: Tensor,
@@ -150,6 +152,7 @@ impl Op {
             | Op::Matmul(a, b)
             | Op::SiluMul(a, b)
             | Op::RmsNorm(a, Some(b), _) => vec![a, b],
+            Op::LayerNorm(x, w, b, _) => std::iter::once(x).chain(w).chain(b).collect(),
             Op::WhereCond(_, t, f) => vec![t, f],
             Op::ScatterAdd(d, _, s, _) | Op::IndexAdd(d, _, s, _) => vec![d, s],
             Op::Cat(ts, _) | Op::Custom(ts, _) => ts.iter().collect(),
@@ -329,41 +332,15 @@ fn backward_op(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<(Tensor, Tensor)
                 U::Tanh => (g * &out.sqr()?.affine(-1.0, 1.0)?)?,
                 U::Sigmoid => (g * &(out * &out.affine(-1.0, 1.0)?)?)?,
                 U::Relu => (g * &x.gt_scalar(0.0)?.to_dtype(x.dtype())?)?,
-                U::Gelu => {
-                    // d/dx x·Φ(x) = Φ(x) + x·φ(x)
-                    let cdf = x
-                        .affine(std::f64::consts::FRAC_1_SQRT_2, 0.0)?
-                        .erf()?
-                        .affine(0.5, 0.5)?;
-                    let pdf = x
-                        .sqr()?
-                        .affine(-0.5, 0.0)?
-                        .exp()?
-                        .affine(1.0 / (2.0 * std::f64::consts::PI).sqrt(), 0.0)?;
-                    (g * &(&cdf + &(x * &pdf)?)?)?
-                }
-                U::GeluTanh => {
-                    let c = (2.0 / std::f64::consts::PI).sqrt();
-                    let x2 = x.sqr()?;
-                    let inner = (x * &x2.affine(0.044715 * c, c)?)?;
-                    let t = inner.tanh()?;
-                    let dinner = x2.affine(3.0 * 0.044715 * c, c)?;
-                    let sech2 = t.sqr()?.affine(-1.0, 1.0)?;
-                    let d =
-                        (&t.affine(0.5, 0.5)? + &(&(x * &sech2)? * &dinner)?.affine(0.5, 0.0)?)?;
-                    (g * &d)?
-                }
+                // One fused kernel where the backend has one: the composites take 6–12
+                // full-size temporaries, each rounded to the input's dtype.
+                U::Gelu | U::GeluTanh | U::Silu => x.device().backend().unary_backward(*u, x, g)?,
                 U::Erf => {
                     let d = x
                         .sqr()?
                         .neg()?
                         .exp()?
                         .affine(2.0 / std::f64::consts::PI.sqrt(), 0.0)?;
-                    (g * &d)?
-                }
-                U::Silu => {
-                    let s = x.sigmoid()?;
-                    let d = (&s * &(x * &s.affine(-1.0, 1.0)?)?.affine(1.0, 1.0)?)?;
                     (g * &d)?
                 }
                 U::Softplus => {
@@ -558,6 +535,20 @@ fn backward_op(op: &Op, out: &Tensor, g: &Tensor) -> Result<Vec<(Tensor, Tensor)
             let mut out = vec![(x.clone(), gx)];
             if let (Some(w), Some(gw)) = (w, gw) {
                 out.push((w.clone(), gw));
+            }
+            out
+        }
+        Op::LayerNorm(x, w, b, eps) => {
+            let (gx, gw, gb) =
+                x.device()
+                    .backend()
+                    .layer_norm_backward(x, w.as_ref(), b.is_some(), g, *eps)?;
+            let mut out = vec![(x.clone(), gx)];
+            if let (Some(w), Some(gw)) = (w, gw) {
+                out.push((w.clone(), gw));
+            }
+            if let (Some(b), Some(gb)) = (b, gb) {
+                out.push((b.clone(), gb));
             }
             out
         }

@@ -106,6 +106,90 @@ pub fn rms_norm_backward(
     Ok((gx, gw))
 }
 
+/// Gradients of [`layer_norm`]: with `x̂ = (x − mean)·r`, `r = rsqrt(var + eps)` and
+/// `h = g·w`, `∂x = r·(h − mean(h) − x̂·mean(h·x̂))`, `∂w = Σ_rows g·x̂`, `∂b = Σ_rows g`.
+pub fn layer_norm_backward(
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    has_bias: bool,
+    g: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+    let dt = x.dtype();
+    let f32_of = |t: &Tensor| match t.dtype() {
+        DType::F16 | DType::BF16 => t.to_dtype(DType::F32),
+        _ => Ok(t.clone()),
+    };
+    let (xf, gf, wf) = (f32_of(x)?, f32_of(g)?, upcast(weight)?);
+    let xc = xf.sub(&xf.mean_keepdim(-1)?)?;
+    let r = xc.sqr()?.mean_keepdim(-1)?.affine(1.0, eps)?.rsqrt()?;
+    let xhat = xc.mul(&r)?;
+    let h = match &wf {
+        Some(w) => gf.mul(w)?,
+        None => gf.clone(),
+    };
+    let gx = h
+        .sub(&h.mean_keepdim(-1)?)?
+        .sub(&xhat.mul(&h.mul(&xhat)?.mean_keepdim(-1)?)?)?
+        .mul(&r)?
+        .to_dtype(dt)?;
+    let d = x.dim(-1)?;
+    let rows = x.elem_count() / d.max(1);
+    let col_sum = |t: &Tensor| t.reshape((rows, d))?.sum(0)?.to_dtype(dt);
+    let gw = match weight {
+        Some(_) => Some(col_sum(&gf.mul(&xhat)?)?),
+        None => None,
+    };
+    let gb = if has_bias { Some(col_sum(&gf)?) } else { None };
+    Ok((gx, gw, gb))
+}
+
+/// Gradient of the activations whose derivative is a function of the input alone and takes
+/// several ops to write (`gelu`, `gelu_tanh`, `silu`): `g · f'(x)`, computed in f32 for
+/// half-precision inputs.
+pub fn unary_backward(op: crate::UnaryOp, x: &Tensor, g: &Tensor) -> Result<Tensor> {
+    use crate::UnaryOp as U;
+    let gf = match g.dtype() {
+        DType::F16 | DType::BF16 => g.to_dtype(DType::F32)?,
+        _ => g.clone(),
+    };
+    let d = in_f32(x, |x| match op {
+        U::Gelu => {
+            // d/dx x·Φ(x) = Φ(x) + x·φ(x)
+            let cdf = x
+                .affine(std::f64::consts::FRAC_1_SQRT_2, 0.0)?
+                .erf()?
+                .affine(0.5, 0.5)?;
+            let pdf = x
+                .sqr()?
+                .affine(-0.5, 0.0)?
+                .exp()?
+                .affine(1.0 / (2.0 * std::f64::consts::PI).sqrt(), 0.0)?;
+            cdf.add(&x.mul(&pdf)?)?.mul(&gf)
+        }
+        U::GeluTanh => {
+            let c = (2.0 / std::f64::consts::PI).sqrt();
+            let x2 = x.sqr()?;
+            let t = x.mul(&x2.affine(0.044715 * c, c)?)?.tanh()?;
+            let dinner = x2.affine(3.0 * 0.044715 * c, c)?;
+            let sech2 = t.sqr()?.affine(-1.0, 1.0)?;
+            let d = t
+                .affine(0.5, 0.5)?
+                .add(&x.mul(&sech2)?.mul(&dinner)?.affine(0.5, 0.0)?)?;
+            d.mul(&gf)
+        }
+        U::Silu => {
+            let s = x.sigmoid()?;
+            let d = s.mul(&x.mul(&s.affine(-1.0, 1.0)?)?.affine(1.0, 1.0)?)?;
+            d.mul(&gf)
+        }
+        other => Err(Error::msg(format!(
+            "unary_backward: {other:?} has no fused derivative (only gelu, gelu_tanh, silu)"
+        ))),
+    })?;
+    Ok(d)
+}
+
 /// `silu(gate) · up`.
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     gate.silu()?.mul(up)

@@ -603,11 +603,18 @@ impl Tensor {
         })?;
         self.check_norm_param("layer_norm", weight, d)?;
         self.check_norm_param("layer_norm", bias, d)?;
-        if any_tracked(&[Some(self), weight, bias]) {
-            composite::layer_norm(self, weight, bias, eps)
-        } else {
-            self.device().backend().layer_norm(self, weight, bias, eps)
-        }
+        let out = {
+            let _g = no_grad();
+            self.device()
+                .backend()
+                .layer_norm(self, weight, bias, eps)?
+        };
+        let mut inputs = vec![self];
+        inputs.extend(weight);
+        inputs.extend(bias);
+        Ok(with_op(out, &inputs, || {
+            Op::LayerNorm(self.clone(), weight.cloned(), bias.cloned(), eps)
+        }))
     }
 
     /// RMS norm over the last dim: `x / sqrt(mean(x²) + eps) · weight`.

@@ -6,7 +6,7 @@ __device__ __forceinline__ void copy_impl(u32 n, const T* src, const Strided& s,
 }
 
 #define COPY_K(B, T) \
-    extern "C" __global__ void copy_b##B(u32 n, const T* src, Strided s, T* dst, Strided d) { copy_impl<T>(n, src, s, dst, d); } \
+    extern "C" __global__ void copy_b##B(u32 n, const T* src, const __grid_constant__ Strided s, T* dst, const __grid_constant__ Strided d) { copy_impl<T>(n, src, s, dst, d); } \
     extern "C" __global__ void fill_b##B(u32 n, T* dst, u64 bits) { GRID_STRIDE(i, n) dst[i] = (T)bits; }
 COPY_K(1, u8)
 COPY_K(2, u16)
@@ -43,7 +43,7 @@ template <typename A, typename B> __device__ __forceinline__ B cast_one(A a) {
 }
 
 #define CAST_K(A, B) \
-    extern "C" __global__ void cast_##A##_##B(u32 n, const A* src, Strided s, B* dst) { \
+    extern "C" __global__ void cast_##A##_##B(u32 n, const A* src, const __grid_constant__ Strided s, B* dst) { \
         GRID_STRIDE(i, n) dst[i] = cast_one<A, B>(src[at(s, i)]); \
     }
 #define CAST_FROM(A) CAST_K(A, u8) CAST_K(A, u32) CAST_K(A, i64) CAST_K(A, f16) CAST_K(A, bf16) CAST_K(A, f32) CAST_K(A, f64)

@@ -271,28 +271,60 @@ template <typename C> __device__ __forceinline__ C float_binary(u32 op, C a, C b
 
 // ---- kernels -------------------------------------------------------------------------------
 #define UNARY_FLOAT_K(T) \
-    extern "C" __global__ void unary_##T(u32 n, u32 op, double p0, double p1, const T* src, Strided s, T* dst) { \
+    extern "C" __global__ void unary_##T(u32 n, u32 op, double p0, double p1, const T* src, const __grid_constant__ Strided s, T* dst) { \
         typedef Compute<T>::type C; \
         const C q0 = M<C>::c(p0), q1 = M<C>::c(p1); \
         GRID_STRIDE(i, n) dst[i] = st<T>(float_unary<C>(op, ld<T>(src[at(s, i)]), q0, q1)); \
     }
 FOR_FLOATS(UNARY_FLOAT_K)
 
+// g·f'(x) for the activations whose derivative takes many composite ops (gelu, gelu_tanh,
+// silu), computed in the compute type: one pass instead of 6–12 full-size temporaries.
+template <typename C> __device__ __forceinline__ C float_unary_grad(u32 op, C x, C g) {
+    switch (op) {
+    case U_GELU: {
+        // Φ(x) + x·φ(x)
+        const C cdf = (C)0.5 * M<C>::erfc(-x * (C)0.70710678118654752440);
+        const C pdf = M<C>::exp((C)-0.5 * x * x) * (C)0.39894228040143267794;
+        return g * (cdf + x * pdf);
+    }
+    case U_GELU_TANH: {
+        const C k = (C)0.7978845608028654, a = (C)0.044715;
+        const C x2 = x * x;
+        const C t = M<C>::tanh(k * x * ((C)1 + a * x2));
+        const C dinner = k * ((C)1 + (C)3 * a * x2);
+        return g * ((C)0.5 * ((C)1 + t) + (C)0.5 * x * ((C)1 - t * t) * dinner);
+    }
+    case U_SILU: {
+        const C s = sigmoid_of<C>(x);
+        return g * (s * ((C)1 + x * ((C)1 - s)));
+    }
+    default: return g;
+    }
+}
+
+#define UNARY_BWD_K(T) \
+    extern "C" __global__ void unary_bwd_##T(u32 n, u32 op, const T* x, const __grid_constant__ Strided sx, const T* g, const __grid_constant__ Strided sg, T* dst) { \
+        typedef Compute<T>::type C; \
+        GRID_STRIDE(i, n) dst[i] = st<T>(float_unary_grad<C>(op, ld<T>(x[at(sx, i)]), ld<T>(g[at(sg, i)]))); \
+    }
+FOR_FLOATS(UNARY_BWD_K)
+
 #define UNARY_INT_K(T) \
-    extern "C" __global__ void unary_##T(u32 n, u32 op, i64 im, i64 ia, double p0, double p1, const T* src, Strided s, T* dst) { \
+    extern "C" __global__ void unary_##T(u32 n, u32 op, i64 im, i64 ia, double p0, double p1, const T* src, const __grid_constant__ Strided s, T* dst) { \
         GRID_STRIDE(i, n) dst[i] = int_unary<T>(op, src[at(s, i)], im, ia, p0, p1); \
     }
 FOR_INTS(UNARY_INT_K)
 
 #define BINARY_FLOAT_K(T) \
-    extern "C" __global__ void binary_##T(u32 n, u32 op, const T* a, Strided sa, const T* b, Strided sb, T* dst, u32* err) { \
+    extern "C" __global__ void binary_##T(u32 n, u32 op, const T* a, const __grid_constant__ Strided sa, const T* b, const __grid_constant__ Strided sb, T* dst, u32* err) { \
         typedef Compute<T>::type C; \
         GRID_STRIDE(i, n) dst[i] = st<T>(float_binary<C>(op, ld<T>(a[at(sa, i)]), ld<T>(b[at(sb, i)]))); \
     }
 FOR_FLOATS(BINARY_FLOAT_K)
 
 #define BINARY_INT_K(T) \
-    extern "C" __global__ void binary_##T(u32 n, u32 op, const T* a, Strided sa, const T* b, Strided sb, T* dst, u32* err) { \
+    extern "C" __global__ void binary_##T(u32 n, u32 op, const T* a, const __grid_constant__ Strided sa, const T* b, const __grid_constant__ Strided sb, T* dst, u32* err) { \
         bool zero = false; \
         GRID_STRIDE(i, n) dst[i] = int_binary<T>(op, a[at(sa, i)], b[at(sb, i)], &zero); \
         if (zero) raise_err(err, ERR_DIV_ZERO); \
@@ -312,7 +344,7 @@ template <typename C> __device__ __forceinline__ u8 compare(u32 op, C a, C b) {
 }
 
 #define CMP_K(T) \
-    extern "C" __global__ void cmp_##T(u32 n, u32 op, const T* a, Strided sa, const T* b, Strided sb, u8* dst) { \
+    extern "C" __global__ void cmp_##T(u32 n, u32 op, const T* a, const __grid_constant__ Strided sa, const T* b, const __grid_constant__ Strided sb, u8* dst) { \
         GRID_STRIDE(i, n) dst[i] = compare<Compute<T>::type>(op, ld<T>(a[at(sa, i)]), ld<T>(b[at(sb, i)])); \
     }
 FOR_ALL(CMP_K)
@@ -320,7 +352,7 @@ FOR_ALL(CMP_K)
 // where: a u8 condition (non-zero picks `t`) chooses between two values copied as raw bits
 // of width B bytes. (Other condition dtypes become a u8 mask through cmp_*(ne, 0) first.)
 #define WHERE_K(B, V) \
-    extern "C" __global__ void where_b##B(u32 n, const u8* c, Strided sc, const V* t, Strided st_, const V* f, Strided sf, V* dst) { \
+    extern "C" __global__ void where_b##B(u32 n, const u8* c, const __grid_constant__ Strided sc, const V* t, const __grid_constant__ Strided st_, const V* f, const __grid_constant__ Strided sf, V* dst) { \
         GRID_STRIDE(i, n) dst[i] = c[at(sc, i)] != 0 ? t[at(st_, i)] : f[at(sf, i)]; \
     }
 WHERE_K(1, u8)

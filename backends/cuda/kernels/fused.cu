@@ -119,6 +119,21 @@ __device__ __forceinline__ void row_for(const CT<T>* v, const T* xr, u32 d, u32 
     }
 }
 
+// f(j, x_j, g_j) over this thread's elements of two rows kept like `row_for`'s.
+template <int NPL, typename T, typename F>
+__device__ __forceinline__ void row_for2(const CT<T>* v, const T* xr, const CT<T>* u, const T* gr,
+                                         u32 d, u32 lane, u32 lanes, F f) {
+    if constexpr (NPL > 0) {
+#pragma unroll
+        for (int k = 0; k < NPL; ++k) {
+            const u32 j = lane + (u32)k * lanes;
+            if (j < d) f(j, v[k], u[k]);
+        }
+    } else {
+        for (u32 j = lane; j < d; j += lanes) f(j, ld<T>(xr[j]), ld<T>(gr[j]));
+    }
+}
+
 // `rows` contiguous rows of `d` elements (the host copies strided inputs first); w and b
 // (length d, contiguous) when flags say they are there.
 template <typename T, bool WARP, int OP, int NPL>
@@ -325,19 +340,140 @@ __device__ __forceinline__ void rms_gw_sum_impl(u32 d, u32 chunks, const CT<T>* 
     }
 FOR_FLOATS(RMS_BWD_K)
 
+// ---- layer norm backward --------------------------------------------------------------------
+// Per row, with x̂ = (x − mean)·r, r = rsqrt(var + eps) and h = g·w (or g):
+//   ∂x = r·(h − mean(h) − x̂·mean(h·x̂))
+// and, when there is a weight or a bias, mean and r are saved per row for ∂w = Σ_rows g·x̂ and
+// ∂b = Σ_rows g (per-chunk column sums, then their sum in chunk order: deterministic).
+template <typename T, bool WARP, int NPL>
+__device__ __forceinline__ void ln_bwd_impl(u32 rows, u32 d, const T* x, const T* g, const T* w,
+                                            u32 flags, double eps_d, T* gx, CT<T>* save) {
+    typedef CT<T> C;
+    const RowGroup<WARP> gr;
+    const u32 lane = gr.lane, lanes = gr.lanes;
+    const C eps = (C)eps_d;
+    const C n = (C)d;
+    const bool hw = (flags & ROW_HAS_W) != 0;
+    C xv[NPL > 0 ? NPL : 1], gv[NPL > 0 ? NPL : 1];
+    for (u32 r = gr.first; r < rows; r += gr.step) {
+        const u32 base = r * d;
+        const T *xr = x + base, *grow = g + base;
+        T* o = gx + base;
+        row_load<NPL, T>(xv, xr, d, lane, lanes);
+        row_load<NPL, T>(gv, grow, d, lane, lanes);
+        C s = 0;
+        row_for<NPL, T>(xv, xr, d, lane, lanes, [&](u32, C a) { s += a; });
+        const C mean = grp_sum<WARP>(s) / n;
+        C q = 0;
+        row_for<NPL, T>(xv, xr, d, lane, lanes, [&](u32, C a) {
+            const C c = a - mean;
+            q += c * c;
+        });
+        const C rs = (C)1 / msqrt(grp_sum<WARP>(q) / n + eps);
+        // Σh and Σh·x̂.
+        C sh = 0, shx = 0;
+        row_for2<NPL, T>(xv, xr, gv, grow, d, lane, lanes, [&](u32 j, C a, C gj) {
+            const C h = hw ? gj * ld<T>(w[j]) : gj;
+            const C xh = (a - mean) * rs;
+            sh += h;
+            shx += h * xh;
+        });
+        sh = grp_sum<WARP>(sh) / n;
+        shx = grp_sum<WARP>(shx) / n;
+        row_for2<NPL, T>(xv, xr, gv, grow, d, lane, lanes, [&](u32 j, C a, C gj) {
+            const C h = hw ? gj * ld<T>(w[j]) : gj;
+            const C xh = (a - mean) * rs;
+            o[j] = st<T>(rs * (h - sh - xh * shx));
+        });
+        if (save != nullptr && lane == 0) {
+            save[2 * r] = mean;
+            save[2 * r + 1] = rs;
+        }
+    }
+}
+
+// Column sums over chunks of `chunk` rows of g·x̂ (into part[0..chunks)) and of g (into
+// part[chunks..2·chunks)): block (32, 8), grid (⌈d/32⌉, chunks).
+template <typename T>
+__device__ __forceinline__ void ln_wb_part_impl(u32 rows, u32 d, const T* x, const T* g,
+                                                const CT<T>* save, u32 chunk, CT<T>* part) {
+    typedef CT<T> C;
+    __shared__ C shw[8][33], shb[8][33];
+    const u32 col = blockIdx.x * 32u + threadIdx.x;
+    const u32 r0 = blockIdx.y * chunk;
+    const u32 r1 = min(rows, r0 + chunk);
+    C aw = 0, ab = 0;
+    if (col < d) {
+        for (u32 r = r0 + threadIdx.y; r < r1; r += 8u) {
+            const u32 i = r * d + col;
+            const C gi = ld<T>(g[i]);
+            aw += gi * ((ld<T>(x[i]) - save[2 * r]) * save[2 * r + 1]);
+            ab += gi;
+        }
+    }
+    shw[threadIdx.y][threadIdx.x] = aw;
+    shb[threadIdx.y][threadIdx.x] = ab;
+    __syncthreads();
+    if (threadIdx.y == 0 && col < d) {
+        C sw = shw[0][threadIdx.x], sb = shb[0][threadIdx.x];
+        for (u32 k = 1; k < 8u; ++k) {
+            sw += shw[k][threadIdx.x];
+            sb += shb[k][threadIdx.x];
+        }
+        part[(u64)blockIdx.y * d + col] = sw;
+        part[((u64)gridDim.y + blockIdx.y) * d + col] = sb;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void ln_wb_sum_impl(u32 d, u32 chunks, const CT<T>* part, T* gw,
+                                               T* gb) {
+    GRID_STRIDE(c, d) {
+        CT<T> sw = 0, sb = 0;
+        for (u32 k = 0; k < chunks; ++k) {
+            sw += part[(u64)k * d + c];
+            sb += part[((u64)chunks + k) * d + c];
+        }
+        if (gw != nullptr) gw[c] = st<T>(sw);
+        if (gb != nullptr) gb[c] = st<T>(sb);
+    }
+}
+
+#define LN_BWD_ARGS(T) u32 rows, u32 d, const T* x, const T* g, const T* w, u32 flags, double eps, \
+                       T* gx, CT<T>* save
+#define LN_BWD_K(T) \
+    extern "C" __global__ void fused_ln_bwd_w_##T(LN_BWD_ARGS(T)) { \
+        ln_bwd_impl<T, true, 32>(rows, d, x, g, w, flags, eps, gx, save); \
+    } \
+    extern "C" __global__ void fused_ln_bwd_b_##T(LN_BWD_ARGS(T)) { \
+        ln_bwd_impl<T, false, 16>(rows, d, x, g, w, flags, eps, gx, save); \
+    } \
+    extern "C" __global__ void fused_ln_bwd_s_##T(LN_BWD_ARGS(T)) { \
+        ln_bwd_impl<T, false, 0>(rows, d, x, g, w, flags, eps, gx, save); \
+    } \
+    extern "C" __global__ void fused_ln_wb_part_##T(u32 rows, u32 d, const T* x, const T* g, \
+                                                    const CT<T>* save, u32 chunk, CT<T>* part) { \
+        ln_wb_part_impl<T>(rows, d, x, g, save, chunk, part); \
+    } \
+    extern "C" __global__ void fused_ln_wb_sum_##T(u32 d, u32 chunks, const CT<T>* part, T* gw, \
+                                                   T* gb) { \
+        ln_wb_sum_impl<T>(d, chunks, part, gw, gb); \
+    }
+FOR_FLOATS(LN_BWD_K)
+
 // ---- SwiGLU ---------------------------------------------------------------------------------
 template <typename C> __device__ __forceinline__ C sigm(C a) { return (C)1 / ((C)1 + mexp(-a)); }
 
 #define SILU_K(T) \
-    extern "C" __global__ void fused_silu_mul_##T(u32 n, const T* a, Strided as, const T* b, Strided bs, \
+    extern "C" __global__ void fused_silu_mul_##T(u32 n, const T* a, const __grid_constant__ Strided as, const T* b, const __grid_constant__ Strided bs, \
                                                   T* out) { \
         GRID_STRIDE(i, n) { \
             const CT<T> av = ld<T>(a[at(as, i)]); \
             out[i] = st<T>(av * sigm(av) * ld<T>(b[at(bs, i)])); \
         } \
     } \
-    extern "C" __global__ void fused_silu_mul_bwd_##T(u32 n, const T* a, Strided as, const T* b, \
-                                                      Strided bs, const T* g, Strided gs, T* ga, \
+    extern "C" __global__ void fused_silu_mul_bwd_##T(u32 n, const T* a, const __grid_constant__ Strided as, const T* b, \
+                                                      const __grid_constant__ Strided bs, const T* g, const __grid_constant__ Strided gs, T* ga, \
                                                       T* gb) { \
         GRID_STRIDE(i, n) { \
             const CT<T> av = ld<T>(a[at(as, i)]), bv = ld<T>(b[at(bs, i)]), gv = ld<T>(g[at(gs, i)]); \
@@ -563,14 +699,14 @@ __device__ __forceinline__ void ce_bwd_impl(u32 rows, u32 c, const T* x, const S
 }
 
 #define CE_K(T) \
-    extern "C" __global__ void fused_ce_fwd_##T(u32 rows, u32 c, const T* x, Strided xs, const i64* t, \
-                                                Strided ts, u32 has_ignore, i64 ignore, double eps, \
+    extern "C" __global__ void fused_ce_fwd_##T(u32 rows, u32 c, const T* x, const __grid_constant__ Strided xs, const i64* t, \
+                                                const __grid_constant__ Strided ts, u32 has_ignore, i64 ignore, double eps, \
                                                 T* out, u32* err) { \
         ce_fwd_impl<T>(rows, c, x, xs, t, ts, has_ignore, ignore, eps, out, err); \
     } \
-    extern "C" __global__ void fused_ce_bwd_##T(u32 rows, u32 c, const T* x, Strided xs, const i64* t, \
-                                                Strided ts, u32 has_ignore, i64 ignore, double eps, \
-                                                const T* g, Strided gs, T* out, u32* err) { \
+    extern "C" __global__ void fused_ce_bwd_##T(u32 rows, u32 c, const T* x, const __grid_constant__ Strided xs, const i64* t, \
+                                                const __grid_constant__ Strided ts, u32 has_ignore, i64 ignore, double eps, \
+                                                const T* g, const __grid_constant__ Strided gs, T* out, u32* err) { \
         ce_bwd_impl<T>(rows, c, x, xs, t, ts, has_ignore, ignore, eps, g, gs, out, err); \
     }
 FOR_FLOATS(CE_K)
@@ -598,13 +734,13 @@ __device__ __forceinline__ void rope_impl(u32 pairs, u32 h, u32 l, const T* x, c
 }
 
 #define ROPE_K(T) \
-    extern "C" __global__ void fused_rope_half_##T(u32 pairs, u32 h, u32 l, const T* x, Strided xs, \
-                                                   const T* cs, Strided css, const T* sn, Strided sns, \
+    extern "C" __global__ void fused_rope_half_##T(u32 pairs, u32 h, u32 l, const T* x, const __grid_constant__ Strided xs, \
+                                                   const T* cs, const __grid_constant__ Strided css, const T* sn, const __grid_constant__ Strided sns, \
                                                    T* y) { \
         rope_impl<T, false>(pairs, h, l, x, xs, cs, css, sn, sns, y); \
     } \
-    extern "C" __global__ void fused_rope_inter_##T(u32 pairs, u32 h, u32 l, const T* x, Strided xs, \
-                                                    const T* cs, Strided css, const T* sn, Strided sns, \
+    extern "C" __global__ void fused_rope_inter_##T(u32 pairs, u32 h, u32 l, const T* x, const __grid_constant__ Strided xs, \
+                                                    const T* cs, const __grid_constant__ Strided css, const T* sn, const __grid_constant__ Strided sns, \
                                                     T* y) { \
         rope_impl<T, true>(pairs, h, l, x, xs, cs, css, sn, sns, y); \
     }
@@ -759,7 +895,7 @@ __device__ __forceinline__ void lion_impl(u32 n, T* p, const T* g, const Strided
     }
 }
 
-#define OPT_ARGS(T) u32 n, T* p, const T* g, Strided gs, T* s0, T* s1, T* s2, OptimArgs a
+#define OPT_ARGS(T) u32 n, T* p, const T* g, const __grid_constant__ Strided gs, T* s0, T* s1, T* s2, OptimArgs a
 #define OPT_K(T) \
     extern "C" __global__ void fused_optim_sgd_##T(OPT_ARGS(T)) { sgd_impl<T>(n, p, g, gs, s0, a); } \
     extern "C" __global__ void fused_optim_adam_##T(OPT_ARGS(T)) { adam_impl<T>(n, p, g, gs, s0, s1, s2, a); } \

@@ -10,8 +10,8 @@ template <typename I> __device__ __forceinline__ i64 id_i64(I v) { return (i64)v
 // out[i] = src[base(i) + ids[i] * sd], where `sv` is the source seen with the output's shape
 // and a zero stride along `dim`, `iv` the ids' view (same shape).
 template <typename T, typename I>
-__device__ __forceinline__ void gather_impl(u32 n, const T* src, Strided sv, u64 sd, u64 size,
-                                            const I* ids, Strided iv, T* out, u32* err) {
+__device__ __forceinline__ void gather_impl(u32 n, const T* src, const Strided& sv, u64 sd, u64 size,
+                                            const I* ids, const Strided& iv, T* out, u32* err) {
     GRID_STRIDE(i, n) {
         i64 id = id_i64<I>(ids[at(iv, i)]);
         if (id < 0 || (u64)id >= size) {
@@ -24,8 +24,8 @@ __device__ __forceinline__ void gather_impl(u32 n, const T* src, Strided sv, u64
 
 // Dtype-agnostic: by element width.
 #define GATHER_K(B, T, I) \
-    extern "C" __global__ void gather_b##B##_##I(u32 n, const T* src, Strided sv, u64 sd, u64 size, \
-                                                 const I* ids, Strided iv, T* out, u32* err) { \
+    extern "C" __global__ void gather_b##B##_##I(u32 n, const T* src, const __grid_constant__ Strided sv, u64 sd, u64 size, \
+                                                 const I* ids, const __grid_constant__ Strided iv, T* out, u32* err) { \
         gather_impl<T, I>(n, src, sv, sd, size, ids, iv, out, err); \
     }
 #define GATHER_IDS(B, T) GATHER_K(B, T, u8) GATHER_K(B, T, u32) GATHER_K(B, T, i64)
@@ -77,9 +77,9 @@ __device__ __forceinline__ void atomic_add(bf16* p, bf16 v) { atomic_add_half<tr
 // out[base(i) + ids[i] * od] += src[i] over the ids' shape, where `ov` is the (contiguous)
 // output seen with the ids' shape and a zero stride along `dim`.
 template <typename T, typename I>
-__device__ __forceinline__ void scatter_add_impl(u32 n, T* out, Strided ov, u64 od, u64 size,
-                                                 const I* ids, Strided iv, const T* src,
-                                                 Strided sv, u32* err) {
+__device__ __forceinline__ void scatter_add_impl(u32 n, T* out, const Strided& ov, u64 od, u64 size,
+                                                 const I* ids, const Strided& iv, const T* src,
+                                                 const Strided& sv, u32* err) {
     GRID_STRIDE(i, n) {
         i64 id = id_i64<I>(ids[at(iv, i)]);
         if (id < 0 || (u64)id >= size) {
@@ -91,9 +91,9 @@ __device__ __forceinline__ void scatter_add_impl(u32 n, T* out, Strided ov, u64 
 }
 
 #define SCATTER_K(T, I) \
-    extern "C" __global__ void scatter_add_##T##_##I(u32 n, T* out, Strided ov, u64 od, u64 size, \
-                                                     const I* ids, Strided iv, const T* src, \
-                                                     Strided sv, u32* err) { \
+    extern "C" __global__ void scatter_add_##T##_##I(u32 n, T* out, const __grid_constant__ Strided ov, u64 od, u64 size, \
+                                                     const I* ids, const __grid_constant__ Strided iv, const T* src, \
+                                                     const __grid_constant__ Strided sv, u32* err) { \
         scatter_add_impl<T, I>(n, out, ov, od, size, ids, iv, src, sv, err); \
     }
 #define SCATTER_IDS(T) SCATTER_K(T, u8) SCATTER_K(T, u32) SCATTER_K(T, i64)

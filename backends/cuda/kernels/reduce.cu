@@ -175,7 +175,7 @@ __device__ __forceinline__ void reduce_tiles(u32 out_n, u32 red_n, u32 chunk, co
 }
 
 #define RED_K(KIND, R, T) \
-    extern "C" __global__ void __launch_bounds__(RED_THREADS) red_##KIND##_##T(u32 out_n, u32 red_n, u32 chunk, const T* src, Strided ks, Strided rs, u64 dst, u32 mode) { \
+    extern "C" __global__ void __launch_bounds__(RED_THREADS) red_##KIND##_##T(u32 out_n, u32 red_n, u32 chunk, const T* src, const __grid_constant__ Strided ks, const __grid_constant__ Strided rs, u64 dst, u32 mode) { \
         StridedSrc<T, R<T> > s{src, ks, rs}; \
         reduce_tiles<R<T> >(out_n, red_n, chunk, s, dst, mode); \
     } \
@@ -302,13 +302,13 @@ __device__ __forceinline__ void cumsum_block(u32 lines, u32 n, u32 inner, const 
 }
 
 #define CUMSUM_K(T) \
-    extern "C" __global__ void cumsum_##T(u32 lines, u32 n, u32 inner, const T* src, Strided ls, u64 sd, T* dst) { \
+    extern "C" __global__ void cumsum_##T(u32 lines, u32 n, u32 inner, const T* src, const __grid_constant__ Strided ls, u64 sd, T* dst) { \
         cumsum_lines<T>(lines, n, inner, src, ls, sd, dst); \
     } \
-    extern "C" __global__ void cumsum_warp_##T(u32 lines, u32 n, u32 inner, const T* src, Strided ls, u64 sd, T* dst) { \
+    extern "C" __global__ void cumsum_warp_##T(u32 lines, u32 n, u32 inner, const T* src, const __grid_constant__ Strided ls, u64 sd, T* dst) { \
         cumsum_warps<T>(lines, n, inner, src, ls, sd, dst); \
     } \
-    extern "C" __global__ void __launch_bounds__(SCAN_THREADS) cumsum_block_##T(u32 lines, u32 n, u32 inner, const T* src, Strided ls, u64 sd, T* dst) { \
+    extern "C" __global__ void __launch_bounds__(SCAN_THREADS) cumsum_block_##T(u32 lines, u32 n, u32 inner, const T* src, const __grid_constant__ Strided ls, u64 sd, T* dst) { \
         cumsum_block<T>(lines, n, inner, src, ls, sd, dst); \
     }
 FOR_ALL(CUMSUM_K)

@@ -514,6 +514,19 @@ impl BackendDevice for CudaDevice {
     ) -> Result<(Tensor, Option<Tensor>)> {
         fused::rms_norm_backward(self, x, weight, grad, eps)
     }
+    fn layer_norm_backward(
+        &self,
+        x: &Tensor,
+        weight: Option<&Tensor>,
+        has_bias: bool,
+        grad: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+        fused::layer_norm_backward(self, x, weight, has_bias, grad, eps)
+    }
+    fn unary_backward(&self, op: UnaryOp, x: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        elementwise::unary_backward(self, op, x, grad)
+    }
     fn silu_mul(&self, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         fused::silu_mul(self, gate, up)
     }

@@ -6,10 +6,10 @@
 //! integers compute exactly in their own type and wrap, integer division floors and a zero
 //! divisor is an `Err`.
 
-use tensor_core::{BinaryOp, CmpOp, DType, Error, Layout, Result, UnaryOp};
+use tensor_core::{BinaryOp, CmpOp, DType, Error, Layout, Result, Tensor, UnaryOp};
 
 use crate::kernels::{cfg_1d, check_u32, ModuleSrc, Strided};
-use crate::{check_layout, check_same_shape, launch, CudaDevice, CudaStorage};
+use crate::{check_layout, check_same_shape, launch, with_storage, CudaDevice, CudaStorage};
 
 pub(crate) static MODULE: ModuleSrc = ModuleSrc {
     name: "elementwise",
@@ -114,6 +114,40 @@ pub(crate) fn unary(
         launch!(dev, MODULE, &name, cfg, n32, code, im, ia, p0, p1, src, sv, dst)?;
     }
     Ok(out)
+}
+
+/// `grad · f'(x)` for gelu, gelu_tanh and silu in one kernel; other cases (another op,
+/// mismatched shapes or dtypes, integers) take core's composite.
+pub(crate) fn unary_backward(
+    dev: &CudaDevice,
+    op: UnaryOp,
+    x: &Tensor,
+    grad: &Tensor,
+) -> Result<Tensor> {
+    let code = match op {
+        UnaryOp::Gelu | UnaryOp::GeluTanh | UnaryOp::Silu => unary_code(op).0,
+        _ => return tensor_core::composite::unary_backward(op, x, grad),
+    };
+    let dtype = x.dtype();
+    if !dtype.is_float() || grad.dtype() != dtype || grad.shape() != x.shape() {
+        return tensor_core::composite::unary_backward(op, x, grad);
+    }
+    let n = x.elem_count();
+    let out = dev.alloc(n, dtype)?;
+    if n > 0 {
+        let n32 = check_u32(n)?;
+        with_storage(x, |xs, xl| {
+            with_storage(grad, |gs, gl| {
+                let (xp, sx) = (xs.ptr(), Strided::new(xl)?);
+                let (gp, sg) = (gs.ptr(), Strided::new(gl)?);
+                let dst = out.ptr();
+                let name = format!("unary_bwd_{}", dtype.as_str());
+                let cfg = cfg_1d(n32, dev.max_blocks());
+                launch!(dev, MODULE, &name, cfg, n32, code, xp, sx, gp, sg, dst)
+            })
+        })?;
+    }
+    dev.tensor(out, x.shape().clone(), x)
 }
 
 /// The checks the CPU runs on the operands of a binary-shaped op.

@@ -274,6 +274,90 @@ pub(crate) fn rms_norm_backward(
     Ok((gx, gw))
 }
 
+// ---- layer norm backward ------------------------------------------------------------------------
+
+pub(crate) fn layer_norm_backward(
+    dev: &CudaDevice,
+    x: &Tensor,
+    weight: Option<&Tensor>,
+    has_bias: bool,
+    grad: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
+    let dt = x.dtype();
+    let ok = is_float(dt)
+        && x.rank() >= 1
+        && grad.shape() == x.shape()
+        && grad.dtype() == dt
+        && param_ok(weight, dt, x.dims()[x.rank().max(1) - 1]);
+    if !ok {
+        return composite::layer_norm_backward(x, weight, has_bias, grad, eps);
+    }
+    let d = x.dims()[x.rank() - 1];
+    let n = x.elem_count();
+    let gx = dev.alloc(n, dt)?;
+    let params = weight.is_some() || has_bias;
+    let (mut gw, mut gb) = (None, None);
+    if n == 0 {
+        if weight.is_some() {
+            gw = Some(dev.zeros(d, dt)?);
+        }
+        if has_bias {
+            gb = Some(dev.zeros(d, dt)?);
+        }
+    } else {
+        let rows = check_u32(n / d)?;
+        let d32 = check_u32(d)?;
+        let (xp, _xc) = contiguous(dev, x)?;
+        let (gp, _gc) = contiguous(dev, grad)?;
+        let (wp, _wc) = opt_contiguous(dev, weight)?;
+        let flags = u32::from(weight.is_some());
+        // Per row: mean and rstd, for the parameter gradients.
+        let save = if params {
+            Some(dev.alloc(2 * (n / d), compute_dtype(dt))?)
+        } else {
+            None
+        };
+        let sp = save.as_ref().map_or(0, |s| s.ptr());
+        let gxp = gx.ptr();
+        let (shape, c) = row_cfg(dev, rows, d);
+        let name = format!("fused_ln_bwd_{shape}_{}", dt.as_str());
+        launch!(dev, MODULE, &name, c, rows, d32, xp, gp, wp, flags, eps, gxp, sp)?;
+        if params {
+            let chunk = gw_chunk(rows);
+            let chunks = rows.div_ceil(chunk);
+            let part = dev.alloc(2 * chunks as usize * d, compute_dtype(dt))?;
+            let pp = part.ptr();
+            let c = LaunchConfig {
+                grid_dim: (d32.div_ceil(32), chunks, 1),
+                block_dim: (32, 8, 1),
+                shared_mem_bytes: 0,
+            };
+            let name = format!("fused_ln_wb_part_{}", dt.as_str());
+            launch!(dev, MODULE, &name, c, rows, d32, xp, gp, sp, chunk, pp)?;
+            let w_out = weight.map(|_| dev.alloc(d, dt)).transpose()?;
+            let b_out = if has_bias {
+                Some(dev.alloc(d, dt)?)
+            } else {
+                None
+            };
+            let wo = w_out.as_ref().map_or(0, |s| s.ptr());
+            let bo = b_out.as_ref().map_or(0, |s| s.ptr());
+            let name = format!("fused_ln_wb_sum_{}", dt.as_str());
+            let c = cfg_1d(d32, dev.max_blocks());
+            launch!(dev, MODULE, &name, c, d32, chunks, pp, wo, bo)?;
+            gw = w_out;
+            gb = b_out;
+        }
+    }
+    let param_shape = tensor_core::Shape::from(vec![d]);
+    let wrap = |s: Option<CudaStorage>| -> Result<Option<Tensor>> {
+        s.map(|s| dev.tensor(s, param_shape.clone(), x)).transpose()
+    };
+    let gx = dev.tensor(gx, x.shape().clone(), x)?;
+    Ok((gx, wrap(gw)?, wrap(gb)?))
+}
+
 // ---- SwiGLU -----------------------------------------------------------------------------------
 
 pub(crate) fn silu_mul(dev: &CudaDevice, gate: &Tensor, up: &Tensor) -> Result<Tensor> {

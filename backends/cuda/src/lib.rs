@@ -28,12 +28,26 @@ pub use storage::{CudaStorage, PoolStats};
 
 use tensor_core::{BackendStorage, Error, Layout, Result};
 
+static LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many kernels this process has launched through the backend so far (cuBLAS calls not
+/// counted): benchmarks divide a step's host time by it to see the cost per launch.
+pub fn launch_count() -> u64 {
+    LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[doc(hidden)]
+pub fn count_launch() {
+    LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Launch kernel `$name` of module `$m` with config `$cfg` and the given arguments, which
 /// must be variables (not temporaries): the launch reads them through references.
 #[macro_export]
 macro_rules! launch {
     ($dev:expr, $m:expr, $name:expr, $cfg:expr, $($arg:expr),* $(,)?) => {{
         let f = $dev.func(&$m, $name)?;
+        $crate::count_launch();
         let mut b = $dev.stream().launch_builder(&f);
         $( cudarc::driver::PushKernelArg::arg(&mut b, &$arg); )*
         let cfg: cudarc::driver::LaunchConfig = $cfg;

@@ -14,6 +14,12 @@
 //! operand whose own batch dims do not collapse to one stride is copied contiguous and the
 //! whole batch is one call.
 //!
+//! Alignment: cuBLAS falls back to far slower kernels (4–6× on an H100) for 16-bit matrices
+//! whose dims or rows are not multiples of 8 elements (16 bytes), as with a vocabulary of
+//! 50257. A single large product of that kind runs on padded copies instead: m, k and n
+//! rounded up to multiples of 8, the extra k zero (so the product is unchanged), C written
+//! padded and copied out. That is a few passes at memory speed instead of a slow product.
+//!
 //! Precision: f32 computes with `CUBLAS_COMPUTE_32F` (true f32, never TF32), f64 with
 //! `CUBLAS_COMPUTE_64F`, f16/bf16 in and out with f32 accumulation (`CUBLAS_COMPUTE_32F`),
 //! with reduced-precision (16-bit) split-K reductions disallowed, so half results are the
@@ -118,6 +124,71 @@ impl<'a> Operand<'a> {
         self.copy.as_ref().unwrap_or(self.orig)
     }
 
+    /// This single `rows × cols` matrix copied into a buffer of `rows_to × cols_to`
+    /// (each at least as large, multiples of 8) whose lines start on 16-byte boundaries; the
+    /// extra rows and columns are zero.
+    fn padded(
+        &self,
+        dev: &CudaDevice,
+        (rows, cols): (usize, usize),
+        (rows_to, cols_to): (usize, usize),
+    ) -> Result<Operand<'a>> {
+        let s = self.storage();
+        let esize = s.dtype.size_in_bytes();
+        // Lines are rows of a row-major matrix, columns of a column-major one.
+        let (lines, len, ld, lines_to, pitch) = match self.form {
+            Form::RowMajor(ld) => (rows, cols, ld, rows_to, cols_to),
+            Form::ColMajor(ld) => (cols, rows, ld, cols_to, rows_to),
+        };
+        let buf = if lines_to > lines || pitch > len {
+            dev.zeros(lines_to * pitch, s.dtype)?
+        } else {
+            dev.alloc(lines_to * pitch, s.dtype)?
+        };
+        let src = s.ptr() + (self.layout.offset() * esize) as u64;
+        pitched_copy(
+            dev,
+            src,
+            ld * esize,
+            buf.ptr(),
+            pitch * esize,
+            len * esize,
+            lines,
+        )?;
+        let r = self.layout.rank();
+        let mut dims = self.layout.dims().to_vec();
+        dims[r - 2] = rows_to;
+        dims[r - 1] = cols_to;
+        let mut strides = vec![0; r];
+        let form = match self.form {
+            Form::RowMajor(_) => {
+                strides[r - 2] = pitch;
+                strides[r - 1] = 1;
+                Form::RowMajor(pitch)
+            }
+            Form::ColMajor(_) => {
+                strides[r - 2] = 1;
+                strides[r - 1] = pitch;
+                Form::ColMajor(pitch)
+            }
+        };
+        Ok(Operand {
+            copy: Some(buf),
+            orig: self.orig,
+            layout: Layout::new(tensor_core::Shape::from(dims), strides, 0),
+            form,
+        })
+    }
+
+    /// Whether cuBLAS sees this operand's lines start off 16-byte boundaries.
+    fn misaligned(&self, esize: usize) -> bool {
+        let ld = match self.form {
+            Form::RowMajor(ld) | Form::ColMajor(ld) => ld,
+        };
+        let base = self.storage().ptr() as usize + self.layout.offset() * esize;
+        !(ld * esize).is_multiple_of(ALIGN) || !base.is_multiple_of(ALIGN)
+    }
+
     fn batch_strides(&self) -> &[usize] {
         &self.layout.strides()[..self.layout.rank() - 2]
     }
@@ -126,6 +197,48 @@ impl<'a> Operand<'a> {
     fn batch_collapses(&self, batch: &[usize]) -> bool {
         split_batch(batch, &[self.batch_strides()]).outer_count() == 1
     }
+}
+
+/// Row alignment (bytes) below which cuBLAS leaves its fast kernels.
+const ALIGN: usize = 16;
+/// Products of at least this many multiply-adds pay for padding copies.
+const PAD_MIN_MACS: usize = 1 << 28;
+
+/// Copy `lines` lines of `width` bytes between device buffers with the given pitches (bytes),
+/// on the device's stream.
+fn pitched_copy(
+    dev: &CudaDevice,
+    src: u64,
+    src_pitch: usize,
+    dst: u64,
+    dst_pitch: usize,
+    width: usize,
+    lines: usize,
+) -> Result<()> {
+    use cudarc::driver::sys as d;
+    let p = d::CUDA_MEMCPY2D {
+        srcXInBytes: 0,
+        srcY: 0,
+        srcMemoryType: d::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+        srcHost: std::ptr::null(),
+        srcDevice: src,
+        srcArray: std::ptr::null_mut(),
+        srcPitch: src_pitch,
+        dstXInBytes: 0,
+        dstY: 0,
+        dstMemoryType: d::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+        dstHost: std::ptr::null_mut(),
+        dstDevice: dst,
+        dstArray: std::ptr::null_mut(),
+        dstPitch: dst_pitch,
+        WidthInBytes: width,
+        Height: lines,
+    };
+    // SAFETY: both regions lie inside live device buffers (`lines` lines of `width` bytes at
+    // the given pitches, which the callers sized), queued on the device's stream.
+    unsafe { d::cuMemcpy2DAsync_v2(&p, dev.stream().cu_stream()) }
+        .result()
+        .map_err(drv("cuMemcpy2DAsync"))
 }
 
 /// The batch dims split into outer dims (looped on the host) and an inner run of `count`
@@ -240,7 +353,9 @@ pub(crate) fn matmul(
     if k == 0 {
         return dev.zeros(total, dtype);
     }
-    let (mi, ni, ki) = (int("m", m)?, int("n", n)?, int("k", k)?);
+    int("m", m)?;
+    int("n", n)?;
+    int("k", k)?;
 
     let mut a = Operand::new(dev, lhs, lhs_l)?;
     let mut b = Operand::new(dev, rhs, rhs_l)?;
@@ -255,10 +370,36 @@ pub(crate) fn matmul(
         split = split_batch(batch, &[a.batch_strides(), b.batch_strides()]);
     }
     let batch_count = int("batch", split.count)?;
-    let out = dev.alloc(total, dtype)?;
     let esize = dtype.size_in_bytes() as u64;
-
-    // Cᵀ (n × m, ldc = n) = Bᵀ (n × k) · Aᵀ (k × m).
+    // One large 16-bit product with dims or rows off 16-byte boundaries: pad (see the module
+    // docs). (gm, gk, gn) are the dims cuBLAS sees.
+    let (mut gm, mut gk, mut gn) = (m, k, n);
+    let pad = esize == 2
+        && split.count == 1
+        && split.outer_count() == 1
+        && m.saturating_mul(n).saturating_mul(k) >= PAD_MIN_MACS
+        && (m % 8 != 0 || k % 8 != 0 || n % 8 != 0 || a.misaligned(2) || b.misaligned(2));
+    if pad {
+        (gm, gk, gn) = (
+            m.next_multiple_of(8),
+            k.next_multiple_of(8),
+            n.next_multiple_of(8),
+        );
+        if (gm, gk) != (m, k) || a.misaligned(2) {
+            a = a.padded(dev, (m, k), (gm, gk))?;
+        }
+        if (gk, gn) != (k, n) || b.misaligned(2) {
+            b = b.padded(dev, (k, n), (gk, gn))?;
+        }
+    }
+    let (mi, ni, ki) = (int("m", gm)?, int("n", gn)?, int("k", gk)?);
+    let out = dev.alloc(total, dtype)?;
+    let padded_c = if pad {
+        Some(dev.alloc(gm * gn, dtype)?)
+    } else {
+        None
+    };
+    // Cᵀ (n × m, ldc = n) = Bᵀ (n × k) · Aᵀ (k × m), in the dims cuBLAS sees.
     let (op_b, ldb) = b.form.op_ld();
     let (op_a, lda) = a.form.op_ld();
     let stride_b = split.strides[1] as i64;
@@ -305,7 +446,10 @@ pub(crate) fn matmul(
             ao += i * s[0];
             bo += i * s[1];
         }
-        let c_ptr = out.ptr() + (o * split.count * m * n) as u64 * esize;
+        let c_ptr = match &padded_c {
+            Some(c) => c.ptr(),
+            None => out.ptr() + (o * split.count * m * n) as u64 * esize,
+        };
         let a_ptr = a_base + ao as u64 * esize;
         let b_ptr = b_base + bo as u64 * esize;
         // SAFETY: every matrix read lies inside its storage (layouts checked above, leading
@@ -354,6 +498,9 @@ pub(crate) fn matmul(
             }
             idx[d] = 0;
         }
+    }
+    if let Some(c) = &padded_c {
+        pitched_copy(dev, c.ptr(), gn * 2, out.ptr(), n * 2, n * 2, m)?;
     }
     // Copies made above go back to the pool when dropped here, while the products may
     // still be queued: the pool hands memory out again only to later work on this stream.

@@ -1003,6 +1003,32 @@ fn matmul_shapes_transposes_and_dtypes() {
     }
 }
 
+/// Large 16-bit products whose rows are off 16-byte boundaries (an odd n or k, like a
+/// 50257-word vocabulary) take the padded path; every storage order of the operands.
+#[test]
+fn matmul_large_misaligned_halves_are_padded() {
+    let Some((d, _g)) = gpu() else { return };
+    for dt in [DType::BF16, DType::F16] {
+        let mk = |shape: &[usize], seed: u64| {
+            t(&d, &noise(shape.iter().product(), seed), shape.to_vec(), dt)
+        };
+        // m·n·k ≥ 2^28 multiply-adds.
+        for (m, k, n) in [(1024, 256, 1027), (1000, 263, 1024), (513, 1025, 515)] {
+            let a = mk(&[m, k], 31);
+            let b = mk(&[k, n], 32);
+            let at = a.t().unwrap().contiguous().unwrap().t().unwrap();
+            let bt = b.t().unwrap().contiguous().unwrap().t().unwrap();
+            let tag = format!("padded {m}x{k}x{n}");
+            check_mm(&tag, &a, &b);
+            check_mm(&format!("{tag} Aᵀ-stored"), &at, &b);
+            check_mm(&format!("{tag} Bᵀ-stored"), &a, &bt);
+            // An operand starting off a 16-byte boundary (offset 1 element).
+            let big = mk(&[m, k + 1], 33);
+            check_mm(&format!("{tag} offset"), &big.narrow(1, 1, k).unwrap(), &b);
+        }
+    }
+}
+
 #[test]
 fn matmul_batches_broadcasts_and_empty() {
     let Some((d, _g)) = gpu() else { return };

@@ -268,11 +268,15 @@ fn train(dev: &Device, args: &[String]) -> std::result::Result<(), String> {
             .floor()?
             .to_dtype(DType::I64)
     };
-    let mut times = vec![];
+    // Per step: wall time, and the host time to queue each phase (forward, backward,
+    // optimizer) without waiting for the GPU; a step whose queueing time is close to its wall
+    // time is bound by the host, not the GPU.
+    let mut rows: Vec<[f64; 5]> = vec![];
     let mut last = 0.0;
     for s in 0..warmup + steps {
         let data = ids(s as u64).map_err(e)?;
         dev.synchronize().map_err(e)?;
+        let launches = tensor_cuda::launch_count();
         let t = Instant::now();
         let x = data.narrow(1, 0, seq).map_err(e)?;
         let y = data
@@ -282,20 +286,29 @@ fn train(dev: &Device, args: &[String]) -> std::result::Result<(), String> {
             .map_err(e)?;
         let logits = model.forward(&x.contiguous().map_err(e)?).map_err(e)?;
         let loss = cross_entropy(&logits, &y, &CrossEntropyOptions::default()).map_err(e)?;
+        let t_fwd = t.elapsed().as_secs_f64();
         let grads = loss.backward().map_err(e)?;
+        let t_bwd = t.elapsed().as_secs_f64();
         let mg = masters.master_grads(&grads).map_err(e)?;
         opt.step(&mg).map_err(e)?;
         masters.sync().map_err(e)?;
+        let t_opt = t.elapsed().as_secs_f64();
         dev.synchronize().map_err(e)?;
         let dt = t.elapsed().as_secs_f64();
+        let n = (tensor_cuda::launch_count() - launches) as f64;
         if s >= warmup {
-            times.push(dt);
+            rows.push([dt, t_fwd, t_bwd - t_fwd, t_opt - t_bwd, n]);
         }
         last = loss.to_f64().map_err(e)?;
     }
+    let col = |i: usize| median(rows.iter().map(|r| r[i]).collect());
     println!(
-        "{{\"bench\":\"train_gpt2\",\"batch\":{batch},\"seq\":{seq},\"step_ms\":{:.2},\"loss\":{last:.4}}}",
-        median(times) * 1e3
+        "{{\"bench\":\"train_gpt2\",\"batch\":{batch},\"seq\":{seq},\"step_ms\":{:.2},\"loss\":{last:.4},\"queue_fwd_ms\":{:.2},\"queue_bwd_ms\":{:.2},\"queue_opt_ms\":{:.2},\"launches\":{}}}",
+        col(0) * 1e3,
+        col(1) * 1e3,
+        col(2) * 1e3,
+        col(3) * 1e3,
+        col(4)
     );
     Ok(())
 }
