@@ -76,16 +76,51 @@ pub struct DecoderSpec {
 }
 
 /// A running fused decoder with its KV cache.
+/// The index of the largest value: the lowest index among equal maxima, NaN never chosen
+/// (0 for an empty or all-NaN slice).
+pub fn argmax_f32(v: &[f32]) -> u32 {
+    let (mut best, mut at) = (f32::NEG_INFINITY, None);
+    for (i, &x) in v.iter().enumerate() {
+        if x > best || (at.is_none() && x == best) {
+            best = x;
+            at = Some(i as u32);
+        }
+    }
+    at.unwrap_or(0)
+}
+
 pub trait FusedDecoder: Send {
     /// Feed `tokens` at positions `cache_len()..`, append them to the cache, and return the
     /// logits: of the last token (`all_logits == false`, `vocab_size` values) or of every
     /// token (`tokens.len() × vocab_size`, row-major). The slice lives in the decoder's own
     /// buffer until the next call.
     fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<&[f32]>;
+    /// Feed `tokens` like [`FusedDecoder::forward`] and return the id of the last token's
+    /// largest logit (greedy decoding; see [`argmax_f32`] for ties and NaN). The default takes
+    /// it from `forward`'s logits on the host; a device decoder finds it where the logits are
+    /// and copies back one id instead of the whole row.
+    fn forward_argmax(&mut self, tokens: &[u32]) -> Result<u32> {
+        Ok(argmax_f32(self.forward(tokens, false)?))
+    }
     /// Positions held in the cache.
     fn cache_len(&self) -> usize;
     /// Forget every position from `len` on (`0` clears the cache).
     fn truncate(&mut self, len: usize) -> Result<()>;
     /// The number of threads the decoder runs on.
     fn threads(&self) -> usize;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::argmax_f32;
+
+    #[test]
+    fn argmax_picks_the_first_maximum_and_skips_nan() {
+        assert_eq!(argmax_f32(&[1.0, 3.0, 2.0, 3.0]), 1);
+        assert_eq!(argmax_f32(&[f32::NAN, 0.5, f32::NAN, 0.7]), 3);
+        assert_eq!(argmax_f32(&[f32::NEG_INFINITY, f32::NEG_INFINITY]), 0);
+        assert_eq!(argmax_f32(&[f32::NAN, f32::NEG_INFINITY]), 1);
+        assert_eq!(argmax_f32(&[f32::NAN]), 0);
+        assert_eq!(argmax_f32(&[]), 0);
+    }
 }

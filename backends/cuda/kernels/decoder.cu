@@ -614,6 +614,53 @@ __device__ __forceinline__ void dec_attn(const float* q, const T* kc, const T* v
     if (tid == 0) *counter = 0;
 }
 
+// ---- greedy pick -----------------------------------------------------------------------------
+// The index of the largest of `n` logits: the lowest index among equal maxima, NaN never
+// chosen, 0 when every value is NaN (as `tensor_core::decoder::argmax_f32`). One block.
+#define ARGMAX_NONE 0xffffffffu
+__device__ __forceinline__ void argmax_pick(float& v, u32& i, float v2, u32 i2) {
+    if (i2 == ARGMAX_NONE) return;
+    if (i == ARGMAX_NONE || v2 > v || (v2 == v && i2 < i)) {
+        v = v2;
+        i = i2;
+    }
+}
+extern "C" __global__ void __launch_bounds__(1024) dec_argmax(const float* x, u32 n, u32* out) {
+    __shared__ float sv[32];
+    __shared__ u32 si[32];
+    float best = __int_as_float(0xff800000);
+    u32 at = ARGMAX_NONE;
+    for (u32 i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = x[i];
+        if (v > best || (at == ARGMAX_NONE && v == best)) {
+            best = v;
+            at = i;
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        const float v2 = __shfl_down_sync(0xffffffffu, best, o);
+        const u32 i2 = __shfl_down_sync(0xffffffffu, at, o);
+        argmax_pick(best, at, v2, i2);
+    }
+    const u32 warp = threadIdx.x >> 5, lane = threadIdx.x & 31u;
+    if (lane == 0) {
+        sv[warp] = best;
+        si[warp] = at;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        const u32 warps = (blockDim.x + 31u) >> 5;
+        best = lane < warps ? sv[lane] : __int_as_float(0xff800000);
+        at = lane < warps ? si[lane] : ARGMAX_NONE;
+        for (int o = 16; o > 0; o >>= 1) {
+            const float v2 = __shfl_down_sync(0xffffffffu, best, o);
+            const u32 i2 = __shfl_down_sync(0xffffffffu, at, o);
+            argmax_pick(best, at, v2, i2);
+        }
+        if (lane == 0) *out = at == ARGMAX_NONE ? 0u : at;
+    }
+}
+
 // ---- kernels ------------------------------------------------------------------------------
 
 // x[m, :] = embedding[tok[m], :] as f32.

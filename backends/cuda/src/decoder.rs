@@ -198,6 +198,7 @@ struct Funcs {
     qkvpost: CudaFunction,
     swiglu: CudaFunction,
     tocast: CudaFunction,
+    argmax: CudaFunction,
 }
 
 /// Launch geometry of the decode step's kernels.
@@ -294,6 +295,9 @@ pub struct CudaDecoder {
     _bufs: Vec<CudaStorage>,
     host_in: Pinned<u32>,
     host_logits: Pinned<f32>,
+    /// The greedy pick: one u32 on the device and its pinned host copy.
+    pick: CudaStorage,
+    host_pick: Pinned<u32>,
     graph: Option<Graph>,
     use_graph: bool,
     len: usize,
@@ -606,6 +610,7 @@ impl CudaDecoder {
             qkvpost: func(format!("dec_qkvpost_{t}"))?,
             swiglu: func(format!("dec_swiglu_{t}"))?,
             tocast: func(format!("dec_tocast_{t}"))?,
+            argmax: func("dec_argmax".to_string())?,
         };
         // The products stage their input vector (K f32) in dynamic shared memory.
         let maxk = d.max(qd).max(ff);
@@ -673,6 +678,8 @@ impl CudaDecoder {
         let cnt = ld.zeros(at_units as usize, DType::U32)?;
         let host_in = Pinned::new(&dev, 1 + chunk)?;
         let host_logits = Pinned::new(&dev, vocab)?;
+        let pick = dev.alloc(1, DType::U32)?;
+        let host_pick = Pinned::new(&dev, 1)?;
         let Loader { tensors, bufs, .. } = ld;
         dev.stream().synchronize().map_err(drv("synchronize"))?;
         Ok(Built::Ready(Box::new(CudaDecoder {
@@ -704,6 +711,8 @@ impl CudaDecoder {
             _bufs: bufs,
             host_in,
             host_logits,
+            pick,
+            host_pick,
             graph: None,
             use_graph,
             len: 0,
@@ -937,7 +946,35 @@ impl CudaDecoder {
     }
 
     /// One token at position `self.len`: logits into `host_logits[..vocab]`.
-    fn decode(&mut self, token: u32) -> Result<()> {
+    /// Validate a call's tokens (ids in the vocabulary, room in the cache) and bind the
+    /// context to this thread.
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        let t = tokens.len();
+        if t == 0 {
+            return Err(Error::msg(
+                "fused decoder: forward needs at least one token",
+            ));
+        }
+        let vocab = self.dims.vocab;
+        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::msg(format!(
+                "fused decoder: token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        let end = self.len + t;
+        if end > self.max_positions {
+            return Err(Error::msg(format!(
+                "fused decoder: {end} positions exceed the maximum of {}",
+                self.max_positions
+            )));
+        }
+        self.dev
+            .context()
+            .bind_to_thread()
+            .map_err(drv("bind context"))
+    }
+
+    fn decode(&mut self, token: u32, greedy: bool) -> Result<()> {
         let stream = self.dev.stream().clone();
         {
             let h = self.host_in.as_mut_slice();
@@ -959,15 +996,31 @@ impl CudaDecoder {
         }
         let vocab = self.dims.vocab;
         let logits = self.logits;
-        // SAFETY: `vocab` f32 from our logits buffer into pinned memory, waited for below.
-        unsafe {
-            result::memcpy_dtoh_async(
-                &mut self.host_logits.as_mut_slice()[..vocab],
-                logits,
-                stream.cu_stream(),
-            )
+        if greedy {
+            let pick = self.pick.ptr();
+            self.launch(
+                &self.f.argmax,
+                (1, 1, 1),
+                1024,
+                0,
+                &[Arg::P(logits), Arg::U(vocab as u32), Arg::P(pick)],
+            )?;
+            // SAFETY: one u32 from our pick buffer into pinned memory, waited for below.
+            unsafe {
+                result::memcpy_dtoh_async(self.host_pick.as_mut_slice(), pick, stream.cu_stream())
+            }
+            .map_err(drv("copy the greedy pick"))?;
+        } else {
+            // SAFETY: `vocab` f32 from our logits buffer into pinned memory, waited for below.
+            unsafe {
+                result::memcpy_dtoh_async(
+                    &mut self.host_logits.as_mut_slice()[..vocab],
+                    logits,
+                    stream.cu_stream(),
+                )
+            }
+            .map_err(drv("copy logits"))?;
         }
-        .map_err(drv("copy logits"))?;
         stream.synchronize().map_err(drv("synchronize"))
     }
 
@@ -1180,36 +1233,29 @@ impl CudaDecoder {
 }
 
 impl FusedDecoder for CudaDecoder {
-    fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<&[f32]> {
-        let t = tokens.len();
-        if t == 0 {
-            return Err(Error::msg(
-                "fused decoder: forward needs at least one token",
+    fn forward_argmax(&mut self, tokens: &[u32]) -> Result<u32> {
+        if tokens.len() != 1 {
+            return Ok(tensor_core::decoder::argmax_f32(
+                self.forward(tokens, false)?,
             ));
         }
+        self.check_tokens(tokens)?;
+        self.decode(tokens[0], true)?;
+        self.len += 1;
+        Ok(self.host_pick.as_slice()[0])
+    }
+
+    fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<&[f32]> {
+        self.check_tokens(tokens)?;
+        let t = tokens.len();
         let vocab = self.dims.vocab;
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= vocab) {
-            return Err(Error::msg(format!(
-                "fused decoder: token id {bad} is outside the vocabulary of {vocab}"
-            )));
-        }
         let end = self.len + t;
-        if end > self.max_positions {
-            return Err(Error::msg(format!(
-                "fused decoder: {end} positions exceed the maximum of {}",
-                self.max_positions
-            )));
-        }
-        self.dev
-            .context()
-            .bind_to_thread()
-            .map_err(drv("bind context"))?;
         let rows = if all_logits { t } else { 1 };
         if rows * vocab > self.host_logits.len {
             self.host_logits = Pinned::new(&self.dev, rows * vocab)?;
         }
         if t == 1 {
-            self.decode(tokens[0])?;
+            self.decode(tokens[0], false)?;
         } else {
             let mut done = 0;
             while done < t {

@@ -470,6 +470,18 @@ fn run_model(c: Cfg, tol: f64) {
         e.truncate(9).unwrap();
         let l = e.forward(&toks[9..], false).unwrap().to_vec();
         check_rows(&format!("{what} re-fed tail, last"), &l, &want[13..], tol);
+        // Greedy steps pick on the device what the host picks from the logits.
+        for i in 11..14 {
+            e.truncate(i).unwrap();
+            let pick = e.forward_argmax(&[toks[i]]).unwrap();
+            assert_eq!(e.cache_len(), i + 1);
+            assert_eq!(
+                pick,
+                tensor_core::decoder::argmax_f32(&got[i]),
+                "{what}: greedy pick at step {i}"
+            );
+        }
+        assert!(e.forward_argmax(&[c.vocab as u32]).is_err());
         assert!(e.truncate(15).is_err());
         assert!(e.forward(&[c.vocab as u32], false).is_err());
         assert!(e.forward(&[], false).is_err());

@@ -152,17 +152,6 @@ fn decode(dev: &Device, args: &[String]) -> std::result::Result<(), String> {
         .fused_decoder(&spec)
         .map_err(e)?
         .ok_or("this device has no fused decoder")?;
-    // A plain compare loop: `max_by(total_cmp)` over 128k logits costs ~0.3 ms a step.
-    let argmax = |l: &[f32]| {
-        let (mut best, mut at) = (f32::NEG_INFINITY, 0u32);
-        for (i, &x) in l.iter().enumerate() {
-            if x > best {
-                best = x;
-                at = i as u32;
-            }
-        }
-        at
-    };
     let ids: Vec<u32> = (0..prompt as u32)
         .map(|i| (i * 7919 + 13) % vocab as u32)
         .collect();
@@ -171,11 +160,12 @@ fn decode(dev: &Device, args: &[String]) -> std::result::Result<(), String> {
     for round in 0..2 {
         engine.truncate(0).map_err(e)?;
         let t = Instant::now();
-        let mut next = argmax(engine.forward(&ids, false).map_err(e)?);
+        // Greedy, as HF's generate: the decoder picks the token where the logits are.
+        let mut next = engine.forward_argmax(&ids).map_err(e)?;
         let prefill = t.elapsed().as_secs_f64();
         let t = Instant::now();
         for _ in 0..tokens {
-            next = argmax(engine.forward(&[next], false).map_err(e)?);
+            next = engine.forward_argmax(&[next]).map_err(e)?;
         }
         let dt = t.elapsed().as_secs_f64();
         if round == 1 {
