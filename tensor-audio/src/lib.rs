@@ -1,1 +1,5 @@
-//! Audio: spectrograms, neural audio codec, vocoders. Filled by the audio issue; nothing here yet.
+//! Audio: spectrograms, neural audio codec, vocoders.
+
+pub mod codec;
+pub mod codes;
+pub mod metrics;
