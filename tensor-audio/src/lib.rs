@@ -1,5 +1,10 @@
-//! Audio: spectrograms, neural audio codec, vocoders.
+//! Audio for tensor-engine: WAV I/O and resampling (re-exported from tensor-io), a
+//! folder-of-clips data set with seeded random-crop batches, and a neural audio codec with
+//! its codes file and quality metrics.
 
 pub mod codec;
 pub mod codes;
+pub mod dataset;
 pub mod metrics;
+
+pub use tensor_io::{resample, wav};
