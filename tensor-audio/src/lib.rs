@@ -1,1 +1,4 @@
-//! Audio: spectrograms, neural audio codec, vocoders. Filled by the audio issue; nothing here yet.
+//! Audio for tensor-engine: differentiable spectral transforms (STFT, inverse STFT, mel
+//! spectrograms), and the audio models built on them.
+
+pub mod spectral;
