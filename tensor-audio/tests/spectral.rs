@@ -285,11 +285,20 @@ fn mel_spectrogram_and_log_mel_match_torchaudio() {
             1e-6 * scale,
             1e-4,
         );
+        // torchaudio's defaults put 128 mels on 201 bins: some filters are (nearly) empty, so a
+        // few mel values sit near eps, where float32 rounding of the power spectrum alone moves
+        // the log by ~6e-4 (torchaudio's own f32 result differs from its f64 one by that much).
+        // There the bound is float32's, not ours; the f64 comparison below stays tight.
+        let log_tol = if case == "torchaudio_defaults" {
+            2e-3
+        } else {
+            1e-4
+        };
         assert_close(
             &format!("{case} log-mel f32"),
             &m32.log_mel(&x32, eps).unwrap(),
             &get(&st, &format!("{case}.logmel32")),
-            1e-4,
+            log_tol,
             0.0,
         );
 
@@ -360,9 +369,11 @@ fn grad_configs() -> Vec<(StftConfig, Vec<usize>)> {
 fn stft_gradients_match_finite_differences() -> Result<()> {
     for (i, (cfg, shape)) in grad_configs().into_iter().enumerate() {
         let x = input(shape.clone(), &dev(), 10 + i as u64)?;
-        check_grad(&format!("stft {cfg:?} {shape:?}"), &[x.clone()], |t| {
-            stft(&t[0], &cfg)
-        })?;
+        check_grad(
+            &format!("stft {cfg:?} {shape:?}"),
+            std::slice::from_ref(&x),
+            |t| stft(&t[0], &cfg),
+        )?;
         check_grad(&format!("stft matmul {cfg:?} {shape:?}"), &[x], |t| {
             stft_dft_matmul(&t[0], &cfg)
         })?;
@@ -403,7 +414,7 @@ fn istft_gradients_match_finite_differences() -> Result<()> {
         let s = input(shape.clone(), &dev(), 30 + i as u64)?;
         check_grad(
             &format!("istft {cfg:?} {shape:?} {len:?}"),
-            &[s.clone()],
+            std::slice::from_ref(&s),
             |t| istft(&t[0], &cfg, len),
         )?;
         check_grad(

@@ -112,7 +112,7 @@ pub(crate) fn istft(spec: &Tensor, g: &IstftGeom) -> Result<Tensor> {
             let mut b = vec![0.0; 2 * nf * n];
             for f in 0..nf {
                 let h = hermitian_weight(f, n);
-                let paired = !(f == 0 || (n % 2 == 0 && f == n / 2));
+                let paired = !(f == 0 || (n.is_multiple_of(2) && f == n / 2));
                 for k in 0..n {
                     let (c, s) = cos_sin(f, k, n);
                     b[2 * f * n + k] = h * c * g.window[k];

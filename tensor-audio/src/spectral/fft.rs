@@ -273,7 +273,7 @@ fn stft_adjoint<T: Sample>(gs: &[T], batch: usize, g: &StftGeom) -> Result<Vec<T
 /// realfft rejects non-zero ones, and torch's irfft ignores them.
 fn zero_unpaired_imag<T: Sample>(z: &mut [Complex<T>], n: usize) {
     z[0].im = T::zero();
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         z[n / 2].im = T::zero();
     }
 }

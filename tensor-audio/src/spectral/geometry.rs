@@ -189,7 +189,7 @@ impl IstftGeom {
 /// and (for even `n`) the Nyquist bin appear once, every other bin twice.
 #[inline]
 pub(crate) fn hermitian_weight(f: usize, n: usize) -> f64 {
-    if f == 0 || (n % 2 == 0 && f == n / 2) {
+    if f == 0 || (n.is_multiple_of(2) && f == n / 2) {
         1.0
     } else {
         2.0

@@ -89,7 +89,7 @@ pub fn mel_filterbank(
     let mut fb = vec![0.0; n_freqs * n_mels];
     for (i, &freq) in all_freqs.iter().enumerate() {
         for m in 0..n_mels {
-            let down = (f_pts[m] - freq) * -1.0 / (f_pts[m + 1] - f_pts[m]);
+            let down = (freq - f_pts[m]) / (f_pts[m + 1] - f_pts[m]);
             let up = (f_pts[m + 2] - freq) / (f_pts[m + 2] - f_pts[m + 1]);
             let mut v = down.min(up).max(0.0);
             if norm == MelNorm::Slaney {
