@@ -6,6 +6,7 @@
 pub mod codec;
 pub mod codes;
 pub mod dataset;
+pub mod losses;
 pub mod metrics;
 pub mod spectral;
 

@@ -9,7 +9,7 @@
 //!   `mu_law_encoding`/`mu_law_decoding`), the telephone baseline: 8 bits at 8 kHz is
 //!   64 kbit/s; [`mu_law_baseline`] also downsamples first to reach lower bitrates.
 
-use tensor_core::{Error, Result};
+use tensor_core::{DType, Device, Error, Result, Tensor};
 
 /// SI-SNR in dB of `estimate` against `reference` (same length). `+inf` when the estimate is
 /// an exact multiple of the reference; `-inf` when it is orthogonal to it (or silent).
@@ -125,4 +125,73 @@ pub fn mu_law_baseline(
     };
     back.resize(x.len(), 0.0);
     Ok((back, rate as f64 * bits as f64 / 1000.0))
+}
+
+/// The log-mel distance: a mel spectrogram (see [`LogMelDistance::default_config`]) of both
+/// signals, `ln(max(mel, eps))`, mean absolute difference.
+pub struct LogMelDistance {
+    mel: crate::spectral::MelSpectrogram,
+    eps: f64,
+    device: Device,
+}
+
+impl LogMelDistance {
+    /// 16 kHz-style speech analysis: n_fft 1024, hop 256, 80 mels (Slaney scale and norm),
+    /// power 1 (magnitude), f_min 0, f_max = Nyquist; `eps` 1e-5 inside the log.
+    pub fn default_config(sample_rate: u32) -> crate::spectral::MelConfig {
+        crate::spectral::MelConfig {
+            sample_rate,
+            n_fft: 1024,
+            win_length: 1024,
+            hop_length: 256,
+            f_min: 0.0,
+            f_max: None,
+            n_mels: 80,
+            power: 1.0,
+            center: true,
+            norm: crate::spectral::MelNorm::Slaney,
+            mel_scale: crate::spectral::MelScale::Slaney,
+        }
+    }
+
+    pub fn new(sample_rate: u32, device: &Device) -> Result<Self> {
+        Self::with_config(Self::default_config(sample_rate), 1e-5, device)
+    }
+
+    pub fn with_config(cfg: crate::spectral::MelConfig, eps: f64, device: &Device) -> Result<Self> {
+        Ok(LogMelDistance {
+            mel: crate::spectral::MelSpectrogram::new(cfg, DType::F32, device)?,
+            eps,
+            device: device.clone(),
+        })
+    }
+
+    /// The distance between two signals of the same length.
+    pub fn distance(&self, reference: &[f32], estimate: &[f32]) -> Result<f64> {
+        if reference.len() != estimate.len() || reference.is_empty() {
+            return Err(Error::invalid(
+                "log_mel_distance",
+                format!(
+                    "signals must have the same non-zero length, got {} and {}",
+                    reference.len(),
+                    estimate.len()
+                ),
+            ));
+        }
+        let _g = tensor_core::no_grad();
+        let t = |v: &[f32]| Tensor::from_vec(v.to_vec(), v.len(), &self.device);
+        let a = self.mel.log_mel(&t(reference)?, self.eps)?;
+        let b = self.mel.log_mel(&t(estimate)?, self.eps)?;
+        a.sub(&b)?.abs()?.mean_all()?.to_f64()
+    }
+}
+
+/// [`LogMelDistance`] with its default config, for one pair of signals.
+pub fn log_mel_distance(
+    reference: &[f32],
+    estimate: &[f32],
+    sample_rate: u32,
+    device: &Device,
+) -> Result<f64> {
+    LogMelDistance::new(sample_rate, device)?.distance(reference, estimate)
 }
