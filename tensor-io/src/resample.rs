@@ -51,7 +51,7 @@ pub fn resample(audio: &Audio, to_rate: u32, quality: ResampleQuality) -> Result
         ));
     }
     let channels = audio.channels as usize;
-    if channels == 0 || audio.samples.len() % channels != 0 {
+    if channels == 0 || !audio.samples.len().is_multiple_of(channels) {
         return Err(Error::invalid(
             "resample",
             format!(

@@ -53,7 +53,7 @@ impl Audio {
                 format!("need at least one channel and a positive rate, got {channels} channels at {sample_rate} Hz"),
             ));
         }
-        if samples.len() % channels as usize != 0 {
+        if !samples.len().is_multiple_of(channels as usize) {
             return Err(Error::invalid(
                 "Audio::new",
                 format!(
@@ -228,7 +228,7 @@ fn scan_header(b: &[u8]) -> std::result::Result<Header, String> {
                     "truncated: the data chunk declares {len} bytes but only {have} follow"
                 ));
             }
-            if block_align > 0 && len % block_align as usize != 0 {
+            if block_align > 0 && !len.is_multiple_of(block_align as usize) {
                 return Err(format!(
                     "truncated: the data chunk holds {len} bytes, not a whole number of \
                      {block_align}-byte frames"
@@ -352,7 +352,7 @@ pub fn write_wav(path: impl AsRef<Path>, audio: &Audio, format: SampleFormat) ->
             ),
         ));
     }
-    if audio.samples.len() % audio.channels as usize != 0 {
+    if !audio.samples.len().is_multiple_of(audio.channels as usize) {
         return Err(wav_err(
             path,
             format!(
