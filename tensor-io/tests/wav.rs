@@ -173,6 +173,16 @@ fn reads_24_bit_files_written_by_other_tools() {
     .unwrap();
     assert_eq!(read_wav(&ext).unwrap().samples, want);
 
+    // 24 valid bits left-justified in 32-bit containers (WAVE_FORMAT_EXTENSIBLE).
+    let ext32 = dir.join("ext24in32.wav");
+    let data32: Vec<u8> = codes.iter().flat_map(|&c| (c << 8).to_le_bytes()).collect();
+    std::fs::write(
+        &ext32,
+        riff(&fmt_extensible(1, 2, 48000, 32, 24), &data32, None),
+    )
+    .unwrap();
+    assert_eq!(read_wav(&ext32).unwrap().samples, want);
+
     // 8-bit WAV is unsigned with 128 as zero.
     let u8p = dir.join("u8.wav");
     std::fs::write(
