@@ -103,8 +103,9 @@ while IFS= read -r text || [[ -n "$text" ]]; do
         # Text on stdin, so no sentence is ever taken for an option.
         printf '%s\n' "$text" |
             espeak-ng -v "$voice" -s "$speed" -p "$pitch" -w "$TMP/raw/$file"
-        # Mono 16 kHz 16-bit, peak-normalised to -1 dBFS so voices have comparable levels.
-        sox -q "$TMP/raw/$file" -r 16000 -c 1 -b 16 "$TMP/$split/$file" norm -1
+        # Mono 16 kHz 16-bit, peak-normalised to -1 dBFS so voices have comparable levels;
+        # no dither (-D), which is random and would make every build differ.
+        sox -q -D "$TMP/raw/$file" -r 16000 -c 1 -b 16 "$TMP/$split/$file" norm -1
         rm "$TMP/raw/$file"
         printf '%s\t%s\t%s\n' "$file" "$voice" "$text" >>"$TMP/$split/metadata.tsv"
     done

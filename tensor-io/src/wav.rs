@@ -1,8 +1,9 @@
 //! WAV files (torchaudio.load / torchaudio.save for `.wav`): integer PCM of 8, 16, 24 or 32 bits
 //! and 32-bit IEEE float, any channel count, read into interleaved f32 samples at full scale 1.0
-//! and written back atomically. hound decodes and encodes; a header scan of our own runs first
-//! so that a malformed or unsupported file gets an error saying what it is (encoding, bit depth,
-//! truncation) and naming the file, instead of hound's bare "unsupported".
+//! and written back atomically. hound writes files and double-checks headers; a header scan of
+//! our own runs first so that a malformed or unsupported file gets an error saying what it is
+//! (encoding, bit depth, truncation) and naming the file, instead of hound's bare
+//! "unsupported", and the samples are decoded straight from the bytes it located.
 
 use std::fs::File;
 use std::io::{BufWriter, Cursor};
@@ -53,7 +54,7 @@ impl Audio {
                 format!("need at least one channel and a positive rate, got {channels} channels at {sample_rate} Hz"),
             ));
         }
-        if samples.len() % channels as usize != 0 {
+        if !samples.len().is_multiple_of(channels as usize) {
             return Err(Error::invalid(
                 "Audio::new",
                 format!(
@@ -152,6 +153,11 @@ fn wav_err(path: &Path, msg: impl std::fmt::Display) -> Error {
 /// What the header scan learned: enough to say what a file is before hound decodes it.
 struct Header {
     format: SampleFormat,
+    /// Bytes per sample as stored; wider than the format's bits for e.g. 24-in-32 files, whose
+    /// samples are left-justified in the container.
+    container: usize,
+    /// Byte range of the samples.
+    data: std::ops::Range<usize>,
 }
 
 fn u16_at(b: &[u8], i: usize) -> u16 {
@@ -208,6 +214,7 @@ fn scan_header(b: &[u8]) -> std::result::Result<Header, String> {
     let mut pos = 12usize;
     let mut format = None;
     let mut block_align = 0u16;
+    let mut container = 0usize;
     loop {
         if pos + 8 > b.len() {
             return Err(match format {
@@ -228,13 +235,17 @@ fn scan_header(b: &[u8]) -> std::result::Result<Header, String> {
                     "truncated: the data chunk declares {len} bytes but only {have} follow"
                 ));
             }
-            if block_align > 0 && len % block_align as usize != 0 {
+            if block_align > 0 && !len.is_multiple_of(block_align as usize) {
                 return Err(format!(
                     "truncated: the data chunk holds {len} bytes, not a whole number of \
                      {block_align}-byte frames"
                 ));
             }
-            return Ok(Header { format });
+            return Ok(Header {
+                format,
+                container,
+                data: body..body + len,
+            });
         }
         if id == b"fmt " {
             if len < 16 || body + len > b.len() {
@@ -249,6 +260,7 @@ fn scan_header(b: &[u8]) -> std::result::Result<Header, String> {
             let rate = u32_at(f, 4);
             block_align = u16_at(f, 12);
             let mut bits = u16_at(f, 14);
+            container = (bits as usize).div_ceil(8);
             if tag == 0xfffe {
                 // WAVE_FORMAT_EXTENSIBLE: the real encoding is the first two bytes of the
                 // sub-format GUID, the real depth is wValidBitsPerSample (when set).
@@ -268,6 +280,14 @@ fn scan_header(b: &[u8]) -> std::result::Result<Header, String> {
             }
             if rate == 0 {
                 return Err("the fmt chunk declares a sample rate of 0 Hz".into());
+            }
+            if block_align as usize != channels as usize * container
+                || bits as usize > 8 * container
+            {
+                return Err(format!(
+                    "inconsistent fmt chunk: {channels} channels of {bits}-bit samples in \
+                     {block_align}-byte frames"
+                ));
             }
             format = Some(match (tag, bits) {
                 (1, 8) => SampleFormat::Int8,
@@ -307,26 +327,41 @@ pub fn read_wav(path: impl AsRef<Path>) -> Result<Audio> {
         source: e,
     })?;
     let header = scan_header(&bytes).map_err(|m| wav_err(path, m))?;
-    let reader = hound::WavReader::new(Cursor::new(&bytes[..]))
-        .map_err(|e| wav_err(path, format!("malformed header: {e}")))?;
-    let spec = reader.spec();
-    let channels = spec.channels;
-    let decoded: std::result::Result<Vec<f32>, hound::Error> = if header.format.is_float() {
-        reader.into_samples::<f32>().collect()
-    } else {
-        let scale = 1.0 / (1u64 << (spec.bits_per_sample - 1)) as f64;
-        reader
-            .into_samples::<i32>()
-            .map(|s| s.map(|v| (v as f64 * scale) as f32))
-            .collect()
-    };
-    let samples = decoded.map_err(|e| match e {
-        hound::Error::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            wav_err(path, "truncated: the data ends inside a sample")
-        }
-        e => wav_err(path, format!("cannot decode samples: {e}")),
-    })?;
-    Audio::new(spec.sample_rate, channels, samples).map_err(|e| wav_err(path, e))
+    // hound parses the header too, as a second opinion on what the scan accepted.
+    let spec = hound::WavReader::new(Cursor::new(&bytes[..]))
+        .map_err(|e| wav_err(path, format!("malformed header: {e}")))?
+        .spec();
+    let samples = decode(&bytes[header.data.clone()], &header);
+    Audio::new(spec.sample_rate, spec.channels, samples).map_err(|e| wav_err(path, e))
+}
+
+/// The samples of a data chunk whose length the scan checked. Decoded here rather than through
+/// hound's per-sample iterator, which is about 20 times slower (a corpus loads in seconds
+/// otherwise). Integers are scaled by the container width, which is right for left-justified
+/// samples (24 valid bits in a 32-bit container) as WAVE_FORMAT_EXTENSIBLE stores them.
+fn decode(data: &[u8], h: &Header) -> Vec<f32> {
+    let w = h.container;
+    if h.format.is_float() {
+        return data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+    }
+    if w == 1 {
+        // 8-bit WAV is unsigned, 128 being zero.
+        return data.iter().map(|&b| (b as f32 - 128.0) / 128.0).collect();
+    }
+    let scale = 1.0 / (1u64 << (8 * w - 1)) as f64;
+    data.chunks_exact(w)
+        .map(|b| {
+            // Little-endian, sign-extended from the top byte.
+            let mut v = (b[w - 1] as i8) as i64;
+            for &byte in b[..w - 1].iter().rev() {
+                v = (v << 8) | byte as i64;
+            }
+            (v as f64 * scale) as f32
+        })
+        .collect()
 }
 
 /// Scale to the integer grid of `bits`: clip to [-1, 1], multiply by 2^(bits-1), round half to
@@ -352,7 +387,7 @@ pub fn write_wav(path: impl AsRef<Path>, audio: &Audio, format: SampleFormat) ->
             ),
         ));
     }
-    if audio.samples.len() % audio.channels as usize != 0 {
+    if !audio.samples.len().is_multiple_of(audio.channels as usize) {
         return Err(wav_err(
             path,
             format!(

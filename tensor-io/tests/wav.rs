@@ -173,6 +173,16 @@ fn reads_24_bit_files_written_by_other_tools() {
     .unwrap();
     assert_eq!(read_wav(&ext).unwrap().samples, want);
 
+    // 24 valid bits left-justified in 32-bit containers (WAVE_FORMAT_EXTENSIBLE).
+    let ext32 = dir.join("ext24in32.wav");
+    let data32: Vec<u8> = codes.iter().flat_map(|&c| (c << 8).to_le_bytes()).collect();
+    std::fs::write(
+        &ext32,
+        riff(&fmt_extensible(1, 2, 48000, 32, 24), &data32, None),
+    )
+    .unwrap();
+    assert_eq!(read_wav(&ext32).unwrap().samples, want);
+
     // 8-bit WAV is unsigned with 128 as zero.
     let u8p = dir.join("u8.wav");
     std::fs::write(
@@ -389,7 +399,7 @@ fn resampled_sine_keeps_frequency_and_phase() {
     ] {
         let x = Audio::new(from, 1, sine(from, 0.5, 440.0, 0.3)).unwrap();
         let want_len = ((x.frames() as f64) * to as f64 / from as f64).round() as usize;
-        for (q, tol) in [(ResampleQuality::High, 2e-3), (ResampleQuality::Fast, 2e-2)] {
+        for (q, tol) in [(ResampleQuality::High, 1e-3), (ResampleQuality::Fast, 2e-3)] {
             let y = resample(&x, to, q).unwrap();
             assert_eq!(y.sample_rate, to);
             assert_eq!(y.frames(), want_len, "{from}->{to} {q:?}");
@@ -417,7 +427,7 @@ fn resample_handles_channels_lengths_and_identity() {
         assert_eq!((y.channels, y.frames()), (2, 4000));
         let (e0, _) = sine_error(&y.channel(0), to, 300.0, 0.0, 160);
         let (e1, _) = sine_error(&y.channel(1), to, 1000.0, 1.0, 160);
-        assert!(e0 < 2e-2 && e1 < 2e-2, "{q:?}: {e0} {e1}");
+        assert!(e0 < 5e-3 && e1 < 5e-3, "{q:?}: {e0} {e1}");
     }
     // Output length is round(frames * to / from), also for tiny clips.
     for n in [0usize, 1, 2, 3, 7, 100, 1001] {
@@ -435,4 +445,22 @@ fn resample_handles_channels_lengths_and_identity() {
     let x = Audio::new(16000, 1, sine(16000, 0.01, 440.0, 0.0)).unwrap();
     assert_eq!(resample(&x, 16000, ResampleQuality::High).unwrap(), x);
     assert!(resample(&x, 0, ResampleQuality::Fast).is_err());
+}
+
+#[test]
+fn high_quality_removes_what_the_new_rate_cannot_hold() {
+    // A 10 kHz tone cannot exist at 16 kHz (Nyquist 8 kHz). High filters it out; Fast, which has
+    // no anti-aliasing filter, folds it down to 6 kHz.
+    for from in [44100u32, 44117] {
+        let x = Audio::new(from, 1, sine(from, 0.5, 10_000.0, 0.0)).unwrap();
+        let rms = |q| {
+            let y = resample(&x, 16000, q).unwrap().samples;
+            let body = &y[400..y.len() - 400];
+            (body.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / body.len() as f64).sqrt()
+        };
+        let (high, fast) = (rms(ResampleQuality::High), rms(ResampleQuality::Fast));
+        eprintln!("{from} Hz, 10 kHz tone -> 16 kHz: rms High {high:.2e}, Fast {fast:.2e}");
+        assert!(high < 1e-3, "{from}: High left rms {high}");
+        assert!(fast > 0.3, "{from}: Fast rms {fast}");
+    }
 }
