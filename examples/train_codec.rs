@@ -118,7 +118,9 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> std::result::Result<Optio
             "--lr" => a.lr = num("--lr", value(), |&x: &f64| x.is_finite() && x > 0.0)?,
             "--n-q" => a.n_q = num("--n-q", value(), pos)?,
             "--channels" => {
-                a.channels = num("--channels", value(), |&n: &usize| n >= 2 && n % 2 == 0)?
+                a.channels = num("--channels", value(), |&n: &usize| {
+                    n >= 2 && n.is_multiple_of(2)
+                })?
             }
             "--seed" => a.seed = num("--seed", value(), |_: &u64| true)?,
             "--save-every" => a.save_every = num("--save-every", value(), pos)?,
@@ -365,7 +367,7 @@ fn run(args: Args) -> std::result::Result<(), String> {
             w.0 += v;
             w.1 += 1;
         }
-        if step % log_every == 0 || step == end {
+        if step.is_multiple_of(log_every) || step == end {
             let mut msg = String::new();
             for (name, (sum, n)) in std::mem::take(&mut window) {
                 let mean = sum / n as f64;
@@ -378,11 +380,11 @@ fn run(args: Args) -> std::result::Result<(), String> {
                 }
             }
             pb.set_message(msg.clone());
-            if pb.is_hidden() && step % (log_every * 10) == 0 {
+            if pb.is_hidden() && step.is_multiple_of(log_every * 10) {
                 println!("step {step}: {msg}");
             }
         }
-        if step % args.save_every == 0 || step == end {
+        if step.is_multiple_of(args.save_every) || step == end {
             save(step, &opt, &curves)?;
         }
     }

@@ -101,7 +101,7 @@ impl CodecConfig {
                 self.strides
             ));
         }
-        if self.channels % 2 != 0 {
+        if !self.channels.is_multiple_of(2) {
             return bad(format!(
                 "channels {} must be even (residual units halve them)",
                 self.channels
@@ -113,7 +113,7 @@ impl CodecConfig {
                 self.codebook_size, self.num_quantizers
             ));
         }
-        if self.kernel_size % 2 == 0 || self.dilations.contains(&0) {
+        if self.kernel_size.is_multiple_of(2) || self.dilations.contains(&0) {
             return bad(format!(
                 "kernel_size {} must be odd and dilations {:?} positive",
                 self.kernel_size, self.dilations
