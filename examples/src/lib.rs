@@ -2,6 +2,7 @@
 //! live beside this crate as `examples/*.rs`: run them with
 //! `cargo run --release -p tensor-examples --example <name>`.
 
+pub mod codec_eval;
 pub mod plot;
 
 /// The device a `--device` flag names: `cpu`, `cuda` (the first GPU) or `cuda:N`. Asking for

@@ -6,6 +6,8 @@ pub mod datasets;
 pub mod gguf;
 pub mod hub;
 pub mod pth;
+pub mod resample;
 pub mod safetensors;
 pub mod text;
 pub mod tokenizer;
+pub mod wav;
