@@ -8,5 +8,6 @@ pub mod codes;
 pub mod dataset;
 pub mod metrics;
 pub mod spectral;
+pub mod tts;
 
 pub use tensor_io::{resample, wav};
