@@ -9,5 +9,6 @@ pub mod dataset;
 pub mod losses;
 pub mod metrics;
 pub mod spectral;
+pub mod tts;
 
 pub use tensor_io::{resample, wav};
