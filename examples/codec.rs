@@ -154,18 +154,12 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
 
 /// The checkpoint file: `P` itself, or `P/codec.safetensors` for a folder.
 fn checkpoint_file(p: &Path) -> Result<PathBuf, String> {
-    let f = if p.is_dir() {
-        p.join("codec.safetensors")
-    } else {
-        p.to_path_buf()
-    };
-    if !f.is_file() {
-        return Err(format!(
-            "no codec checkpoint at {} (train one with train_codec --out DIR, or pass --checkpoint)",
-            f.display()
-        ));
-    }
-    Ok(f)
+    tensor_examples::checkpoint_in(
+        p,
+        "codec.safetensors",
+        "codec",
+        "train one with train_codec --out DIR, or pass --checkpoint",
+    )
 }
 
 fn run(args: Args) -> Result<(), String> {

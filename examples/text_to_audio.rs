@@ -32,6 +32,7 @@ use tensor_audio::tts::{
 };
 use tensor_audio::wav::{write_wav, Audio, SampleFormat};
 use tensor_core::{manual_seed, no_grad, DType, Device, Tensor};
+use tensor_examples::curves::{format_curves, parse_curves, Curves};
 use tensor_examples::plot::{save_png, Chart, Series};
 use tensor_io::resample::ResampleQuality;
 use tensor_nn::checkpoint::{load_safetensors, save_safetensors, write_atomic};
@@ -308,18 +309,12 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Stri
 
 /// A codec checkpoint given as a folder (holding `codec.safetensors`) or as the file.
 fn codec_file(p: &Path) -> Result<PathBuf, String> {
-    let f = if p.is_dir() {
-        p.join(CODEC_FILE)
-    } else {
-        p.to_path_buf()
-    };
-    if !f.is_file() {
-        return Err(format!(
-            "no codec checkpoint at {} (train one with train_codec, or pass its folder)",
-            f.display()
-        ));
-    }
-    Ok(f)
+    tensor_examples::checkpoint_in(
+        p,
+        CODEC_FILE,
+        "codec",
+        "train one with train_codec, or pass its folder",
+    )
 }
 
 // ---- synthesis ------------------------------------------------------------------------------
@@ -658,32 +653,6 @@ fn evaluate(
         .map(|(o, n)| *o as f64 / (*n).max(1) as f64)
         .collect();
     Ok((mean, per_ce, per_acc))
-}
-
-type Curves = BTreeMap<String, Vec<(f64, f64)>>;
-
-fn format_curves(c: &Curves) -> String {
-    c.iter()
-        .map(|(k, v)| {
-            let pts: Vec<String> = v.iter().map(|(x, y)| format!("{x},{y}")).collect();
-            format!("{k}={}", pts.join(";"))
-        })
-        .collect::<Vec<_>>()
-        .join("|")
-}
-
-fn parse_curves(s: &str) -> Option<Curves> {
-    let mut out = Curves::new();
-    for part in s.split('|').filter(|p| !p.is_empty()) {
-        let (k, pts) = part.split_once('=')?;
-        let mut v = Vec::new();
-        for pt in pts.split(';').filter(|t| !t.is_empty()) {
-            let (x, y) = pt.split_once(',')?;
-            v.push((x.parse().ok()?, y.parse().ok()?));
-        }
-        out.insert(k.to_string(), v);
-    }
-    Some(out)
 }
 
 fn plot(path: &Path, curves: &Curves) -> Result<(), String> {

@@ -22,6 +22,7 @@ use tensor_audio::dataset::{AudioFolder, AudioLoader};
 use tensor_audio::losses::{CodecLoss, CodecLossConfig};
 use tensor_core::{manual_seed, DType};
 use tensor_examples::codec_eval::{evaluate, format_table};
+use tensor_examples::curves::{format_curves, parse_curves, Curves};
 use tensor_examples::plot::{save_png, Chart, Series};
 use tensor_io::resample::ResampleQuality;
 use tensor_nn::lr_scheduler::{warmup_cosine, LrScheduler};
@@ -144,34 +145,6 @@ fn n_q_at(seed: u64, step: usize, max: usize) -> usize {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
     1 + (z % max as u64) as usize
-}
-
-/// Loss curves: term name → (step, value) points, stored in the checkpoint as
-/// `name=x,y;x,y|name=…`.
-type Curves = BTreeMap<String, Vec<(f64, f64)>>;
-
-fn format_curves(c: &Curves) -> String {
-    c.iter()
-        .map(|(k, v)| {
-            let pts: Vec<String> = v.iter().map(|(x, y)| format!("{x},{y}")).collect();
-            format!("{k}={}", pts.join(";"))
-        })
-        .collect::<Vec<_>>()
-        .join("|")
-}
-
-fn parse_curves(s: &str) -> Option<Curves> {
-    let mut out = Curves::new();
-    for part in s.split('|').filter(|p| !p.is_empty()) {
-        let (k, pts) = part.split_once('=')?;
-        let mut v = Vec::new();
-        for pt in pts.split(';').filter(|t| !t.is_empty()) {
-            let (x, y) = pt.split_once(',')?;
-            v.push((x.parse().ok()?, y.parse().ok()?));
-        }
-        out.insert(k.to_string(), v);
-    }
-    Some(out)
 }
 
 fn plot(path: &std::path::Path, curves: &Curves) -> std::result::Result<(), String> {

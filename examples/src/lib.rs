@@ -3,6 +3,7 @@
 //! `cargo run --release -p tensor-examples --example <name>`.
 
 pub mod codec_eval;
+pub mod curves;
 pub mod plot;
 
 /// The device a `--device` flag names: `cpu`, `cuda` (the first GPU) or `cuda:N`. Asking for
@@ -18,6 +19,26 @@ pub fn device_from_name(name: &str) -> Result<tensor_core::Device, String> {
             )),
         },
     }
+}
+
+/// The checkpoint a `--checkpoint`-style flag names: `p` itself, or `p/file` when `p` is a
+/// folder. A missing file is an error that names it (`no {what} checkpoint at …`) and ends
+/// with `hint`.
+pub fn checkpoint_in(
+    p: &std::path::Path,
+    file: &str,
+    what: &str,
+    hint: &str,
+) -> Result<std::path::PathBuf, String> {
+    let f = if p.is_dir() {
+        p.join(file)
+    } else {
+        p.to_path_buf()
+    };
+    if !f.is_file() {
+        return Err(format!("no {what} checkpoint at {} ({hint})", f.display()));
+    }
+    Ok(f)
 }
 
 /// A progress bar for `total` steps in the examples' common style (hidden when stderr is
