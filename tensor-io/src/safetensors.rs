@@ -676,11 +676,17 @@ fn write_host(w: &mut impl Write, h: &HostData) -> std::io::Result<()> {
 }
 
 /// Write `fill` into a temporary file next to `path`, fsync it, rename it over `path`, then
-/// fsync the directory, so readers see either the old file or the complete new one.
+/// fsync the directory, so readers see either the old file or the complete new one. Errors
+/// name `format` (the file format being written) and the path.
 pub(crate) fn write_atomic(
     path: &Path,
+    format: &'static str,
     fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
 ) -> Result<()> {
+    let io_err = |p: &Path, what: &str, e: std::io::Error| Error::Io {
+        context: format!("{format}: {what} '{}'", p.display()),
+        source: e,
+    };
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -688,7 +694,7 @@ pub(crate) fn write_atomic(
     };
     let name = path
         .file_name()
-        .ok_or_else(|| st_err(path, "not a file path"))?
+        .ok_or_else(|| Error::invalid(format, format!("'{}': not a file path", path.display())))?
         .to_string_lossy()
         .into_owned();
     let tmp = dir.join(format!(
@@ -767,7 +773,7 @@ pub fn save_safetensors<S: AsRef<str>>(
     while text.len() % 8 != 0 {
         text.push(' ');
     }
-    write_atomic(path, |w| {
+    write_atomic(path, "safetensors", |w| {
         let werr = |e| io_err(path, "cannot write", e);
         w.write_all(&(text.len() as u64).to_le_bytes())
             .map_err(werr)?;

@@ -5,10 +5,8 @@
 //! (encoding, bit depth, truncation) and naming the file, instead of hound's bare
 //! "unsupported", and the samples are decoded straight from the bytes it located.
 
-use std::fs::File;
-use std::io::{BufWriter, Cursor};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::Cursor;
+use std::path::Path;
 
 use tensor_core::{DType, Device, Error, Result, Tensor};
 
@@ -424,7 +422,7 @@ pub fn write_wav(path: impl AsRef<Path>, audio: &Audio, format: SampleFormat) ->
             hound::SampleFormat::Int
         },
     };
-    write_atomic(path, |w| {
+    crate::safetensors::write_atomic(path, "wav", |w| {
         let mut wr = hound::WavWriter::new(w, spec).map_err(|e| wav_err(path, e))?;
         if format.is_float() {
             for &x in &audio.samples {
@@ -439,43 +437,6 @@ pub fn write_wav(path: impl AsRef<Path>, audio: &Audio, format: SampleFormat) ->
         }
         wr.finalize().map_err(|e| wav_err(path, e))
     })
-}
-
-fn write_atomic(path: &Path, fill: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let io = |p: &Path, what: &str, e: std::io::Error| Error::Io {
-        context: format!("wav: {what} '{}'", p.display()),
-        source: e,
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| wav_err(path, "not a file path"))?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = dir.join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let res = (|| -> Result<()> {
-        let file = File::create(&tmp).map_err(|e| io(&tmp, "cannot create", e))?;
-        let mut w = BufWriter::with_capacity(1 << 16, file);
-        fill(&mut w)?;
-        let file = w
-            .into_inner()
-            .map_err(|e| io(&tmp, "cannot write", e.into_error()))?;
-        file.sync_all().map_err(|e| io(&tmp, "cannot sync", e))?;
-        drop(file);
-        std::fs::rename(&tmp, path).map_err(|e| io(path, "cannot rename a temporary file onto", e))
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
 }
 
 #[cfg(test)]
