@@ -45,6 +45,10 @@ options:
   --lr X            peak learning rate (default 1e-3)
   --n-q N           most quantizers (default 12 = 6 kbps); each batch uses 1..=N
   --channels N      base channels of the encoder/decoder (default 16)
+  --w-waveform X    weight of the waveform L1 loss (default 1)
+  --w-stft X        weight of the multi-scale STFT loss (default 1)
+  --w-mel X         weight of the log-mel L1 loss (default 1; 0 skips it)
+  --w-snr X         weight of the negative SNR loss in dB (default 3; 0 skips it)
   --seed N          seed of initialisation, crops and quantizer dropout (default 0)
   --save-every N    write the checkpoint every N steps (default 100)
   --eval-clips N    score at most N held-out clips (default all); 0 skips the evaluation
@@ -63,6 +67,8 @@ struct Args {
     lr: f64,
     n_q: usize,
     channels: usize,
+    /// Loss weights: waveform, stft, mel, snr.
+    weights: [f64; 4],
     seed: u64,
     save_every: usize,
     eval_clips: Option<usize>,
@@ -83,6 +89,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> std::result::Result<Optio
         lr: 1e-3,
         n_q: 12,
         channels: 16,
+        weights: [1.0, 1.0, 1.0, 3.0],
         seed: 0,
         save_every: 100,
         eval_clips: None,
@@ -122,6 +129,13 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> std::result::Result<Optio
                 a.channels = num("--channels", value(), |&n: &usize| {
                     n >= 2 && n.is_multiple_of(2)
                 })?
+            }
+            "--w-waveform" | "--w-stft" | "--w-mel" | "--w-snr" => {
+                let i = ["--w-waveform", "--w-stft", "--w-mel", "--w-snr"]
+                    .iter()
+                    .position(|f| *f == flag)
+                    .expect("matched above");
+                a.weights[i] = num(&flag, value(), |&x: &f64| x.is_finite() && x >= 0.0)?;
             }
             "--seed" => a.seed = num("--seed", value(), |_: &u64| true)?,
             "--save-every" => a.save_every = num("--save-every", value(), pos)?,
@@ -169,23 +183,27 @@ fn plot(path: &std::path::Path, curves: &Curves) -> std::result::Result<(), Stri
             })
             .collect()
     };
-    save_png(
-        path,
-        &[
-            Chart {
-                title: "total loss (mean per logging window)".into(),
-                series: series(&["total"]),
-            },
-            Chart {
-                title: "reconstruction terms".into(),
-                series: series(&["stft_sc", "stft_logmag", "mel_l1"]),
-            },
-            Chart {
-                title: "waveform L1 and commitment".into(),
-                series: series(&["waveform_l1", "commitment", "codebook"]),
-            },
-        ],
-    )
+    let mut charts = vec![
+        Chart {
+            title: "total loss (mean per logging window)".into(),
+            series: series(&["total"]),
+        },
+        Chart {
+            title: "reconstruction terms".into(),
+            series: series(&["stft_sc", "stft_logmag", "mel_l1"]),
+        },
+        Chart {
+            title: "waveform L1 and commitment".into(),
+            series: series(&["waveform_l1", "commitment", "codebook"]),
+        },
+        Chart {
+            title: "negative SNR over the batch (dB)".into(),
+            series: series(&["neg_snr"]),
+        },
+    ];
+    // Terms a run does not use (the codebook loss of EMA codebooks, SNR at weight 0).
+    charts.retain(|c| !c.series.is_empty());
+    save_png(path, &charts)
 }
 
 fn run(args: Args) -> std::result::Result<(), String> {
@@ -241,7 +259,14 @@ fn run(args: Args) -> std::result::Result<(), String> {
         cfg.clone(),
     )
     .map_err(e)?;
-    let mut loss_cfg = CodecLossConfig::new(sr);
+    let [waveform, stft, mel, snr] = args.weights;
+    let mut loss_cfg = CodecLossConfig {
+        waveform,
+        stft,
+        mel,
+        snr,
+        ..CodecLossConfig::new(sr)
+    };
     // Windows longer than twice the crop cannot be reflect-padded.
     loss_cfg.stft_scales.retain(|&n| n / 2 < crop);
     let loss_fn = CodecLoss::new(loss_cfg, &dev).map_err(e)?;
@@ -348,7 +373,7 @@ fn run(args: Args) -> std::result::Result<(), String> {
                     .entry(name.to_string())
                     .or_default()
                     .push((step as f64, mean));
-                if name == "total" || name == "mel_l1" || name == "waveform_l1" {
+                if matches!(name, "total" | "mel_l1" | "waveform_l1" | "neg_snr") {
                     msg.push_str(&format!("{name} {mean:.4} "));
                 }
             }

@@ -288,6 +288,13 @@ fn train_resume_encode_decode_eval() {
     let o = run_example("train_codec", &["--steps", "2"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("--data DIR is required"));
+    let o = run_example("train_codec", &["--data", "d", "--w-snr", "-1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        text(&o).1.contains("--w-snr: invalid value"),
+        "{}",
+        text(&o).1
+    );
     let o = run_example(
         "train_codec",
         &["--data", dir.join("nope").to_str().unwrap()],

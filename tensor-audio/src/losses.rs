@@ -1,7 +1,12 @@
 //! Reconstruction losses of the codec: waveform L1, a multi-scale STFT loss (spectral
 //! convergence + log-magnitude L1 at several window sizes, as in Parallel WaveGAN and
-//! SoundStream) and a log-mel L1, plus the quantizer's commitment (and codebook) loss —
-//! a weighted sum, with every term kept for logging.
+//! SoundStream), a log-mel L1 and the negative SNR in dB, plus the quantizer's commitment (and
+//! codebook) loss — a weighted sum, with every term kept for logging.
+//!
+//! The magnitude terms ignore phase; on their own they let the decoder settle on a phase of
+//! its own (a right spectrum, an uncorrelated waveform). The waveform L1 and the SI-SNR term
+//! are the phase-sensitive ones; of the two, the SNR term is the one that teaches phase (see
+//! [`neg_snr`]).
 //!
 //! Built on [`crate::spectral`], so every term is differentiable on every backend.
 
@@ -22,6 +27,8 @@ pub struct CodecLossConfig {
     pub stft: f64,
     /// Weight of the log-mel L1 term (n_fft 1024, hop 256, 64 mels); 0 skips it.
     pub mel: f64,
+    /// Weight of the negative SNR term (dB over the batch, see [`neg_snr`]); 0 skips it.
+    pub snr: f64,
     /// Weight of the quantizers' commitment loss (which the quantizer already scales by its
     /// own `commitment_weight`).
     pub commitment: f64,
@@ -37,6 +44,7 @@ impl CodecLossConfig {
             waveform: 1.0,
             stft: 1.0,
             mel: 1.0,
+            snr: 3.0,
             commitment: 1.0,
             codebook: 1.0,
         }
@@ -59,6 +67,38 @@ impl LossTerms {
             .map(|(n, t)| Ok((*n, t.to_f64()?)))
             .collect()
     }
+}
+
+/// The negative SNR in dB of `estimate` against `reference` over the whole batch:
+/// `10·log10(Σ(estimate − reference)² / Σ reference²)` (the reference is detached). 0 dB for
+/// a silent estimate, lower is better.
+///
+/// The phase-sensitive term of the codec's loss. Unlike an L1 on the waveform, whose best
+/// answer for a waveform it cannot yet predict is silence, and unlike SI-SNR, whose gradient
+/// vanishes while the estimate is uncorrelated with the reference, its gradient
+/// `(20/ln 10)·(estimate − reference)/Σ(estimate − reference)²` always points at the
+/// reference and grows as the error shrinks, so it keeps its weight next to the log-domain
+/// spectral terms. Summing over the batch before the ratio keeps silent crops from
+/// dominating. [`crate::metrics::si_snr`] is the scale-invariant figure reported at
+/// evaluation.
+pub fn neg_snr(reference: &Tensor, estimate: &Tensor) -> Result<Tensor> {
+    if reference.dims() != estimate.dims() {
+        return Err(Error::invalid(
+            "neg_snr",
+            format!(
+                "reference {:?} and estimate {:?} must have the same shape",
+                reference.dims(),
+                estimate.dims()
+            ),
+        ));
+    }
+    let r = reference.detach();
+    let noise = estimate.sub(&r)?.sqr()?.sum_all()?.add_scalar(1e-8)?;
+    let power = r.sqr()?.sum_all()?.add_scalar(1e-8)?;
+    noise
+        .div(&power)?
+        .log()?
+        .mul_scalar(10.0 / std::f64::consts::LN_10)
 }
 
 /// The codec's training loss.
@@ -184,6 +224,11 @@ impl CodecLoss {
             let l = a.sub(&b)?.abs()?.mean_all()?;
             total = total.add(&l.mul_scalar(self.cfg.mel)?)?;
             terms.push(("mel_l1", l));
+        }
+        if self.cfg.snr > 0.0 {
+            let l = neg_snr(x, y)?;
+            total = total.add(&l.mul_scalar(self.cfg.snr)?)?;
+            terms.push(("neg_snr", l));
         }
         total = total.add(&out.commitment_loss.mul_scalar(self.cfg.commitment)?)?;
         terms.push(("commitment", out.commitment_loss.clone()));

@@ -357,6 +357,35 @@ fn log_mel_distance_orders_degradations() -> Result<()> {
 }
 
 #[test]
+fn neg_snr_values_and_gradients() -> Result<()> {
+    use tensor_audio::losses::neg_snr;
+    use tensor_core::conformance::gradcheck::{check_grad, input};
+    let x = tones(2, 300, 1)?;
+    // A silent estimate is 0 dB, a half-amplitude one 10·log10(1/4), the reference itself
+    // far below.
+    let zero = x.zeros_like()?;
+    assert!(neg_snr(&x, &zero)?.to_f64()?.abs() < 1e-6);
+    let half = neg_snr(&x, &x.mul_scalar(0.5)?)?.to_f64()?;
+    assert!((half - 10.0 * 0.25f64.log10()).abs() < 1e-4, "{half}");
+    assert!(neg_snr(&x, &x)?.to_f64()? < -60.0);
+    // The ratio is over the whole batch: a silent row does not dominate.
+    let rows = Tensor::cat(&[&x.narrow(0, 0, 1)?, &zero.narrow(0, 0, 1)?], 0)?;
+    let est = Tensor::cat(
+        &[&x.narrow(0, 0, 1)?.mul_scalar(0.5)?, &zero.narrow(0, 0, 1)?],
+        0,
+    )?;
+    assert!((neg_snr(&rows, &est)?.to_f64()? - half).abs() < 1e-4);
+    assert!(neg_snr(&x, &x.narrow(2, 0, 10)?).is_err());
+    // Gradients in the estimate (the reference is detached) by finite differences.
+    let r = input((2, 1, 12), &tensor_cpu::device(), 3)?;
+    check_grad(
+        "neg_snr",
+        &[input((2, 1, 12), &tensor_cpu::device(), 4)?],
+        |t| neg_snr(&r, &t[0]),
+    )
+}
+
+#[test]
 fn codec_loss_terms_and_gradients() -> Result<()> {
     use tensor_audio::losses::{CodecLoss, CodecLossConfig};
     manual_seed(4);
@@ -377,14 +406,22 @@ fn codec_loss_terms_and_gradients() -> Result<()> {
             "stft_sc",
             "stft_logmag",
             "mel_l1",
+            "neg_snr",
             "commitment"
         ]
     );
     let v = terms.values()?;
-    // The total is the weighted sum (all weights 1): SC and log-mag enter together.
-    let sum: f64 = v[1..].iter().map(|(_, x)| x).sum();
-    assert!((v[0].1 - sum).abs() < 1e-4 * sum.max(1.0), "{v:?}");
-    assert!(v.iter().all(|(_, x)| x.is_finite() && *x >= 0.0), "{v:?}");
+    // The total is the weighted sum (weights 1, the SNR's 3): SC and log-mag enter together.
+    let sum: f64 = v[1..]
+        .iter()
+        .map(|(n, x)| if *n == "neg_snr" { 3.0 * x } else { *x })
+        .sum();
+    assert!((v[0].1 - sum).abs() < 1e-4 * sum.abs().max(1.0), "{v:?}");
+    assert!(
+        v.iter()
+            .all(|(n, x)| x.is_finite() && (*n == "neg_snr" || *x >= 0.0)),
+        "{v:?}"
+    );
     // Every trainable parameter gets a gradient.
     let g = terms.total.backward()?;
     for (name, var) in map.trainable_vars() {
@@ -402,6 +439,7 @@ fn codec_loss_terms_and_gradients() -> Result<()> {
     for (n, val) in &v[1..5] {
         assert!(val.abs() < 1e-5, "{n} = {val}");
     }
+    assert!(v[5].1 < -60.0, "a perfect SNR term: {:?}", v[5]);
     // Mismatched shapes and signals shorter than every window are errors.
     let short = CodecLoss::new(
         CodecLossConfig {
