@@ -12,7 +12,7 @@
 //! [`BackendDevice::fused_decoder`]: crate::BackendDevice::fused_decoder
 
 use crate::quant::QTensor;
-use crate::{Result, Tensor};
+use crate::{Error, Result, Tensor};
 
 /// A weight matrix `[out, in]`: dense (any float dtype) or quantized.
 #[derive(Clone, Debug)]
@@ -75,7 +75,104 @@ pub struct DecoderSpec {
     pub max_positions: usize,
 }
 
-/// A running fused decoder with its KV cache.
+impl DecoderSpec {
+    /// The checks every fused decoder makes before it builds: KV heads dividing the heads,
+    /// an even head dim with `head_dim / 2` RoPE frequencies, a vocabulary of 1 to 2³²
+    /// tokens, and every weight, bias and norm of the shape the dims imply.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::msg(format!("fused decoder: {msg}")));
+        let (d, nh, nkv, hd) = (
+            self.hidden_size,
+            self.num_heads,
+            self.num_kv_heads,
+            self.head_dim,
+        );
+        if nkv == 0 || !nh.is_multiple_of(nkv) || hd == 0 || !hd.is_multiple_of(2) {
+            return bad(format!(
+                "{nh} heads, {nkv} KV heads, head dim {hd}: heads must be a multiple of KV \
+                 heads and the head dim even and positive"
+            ));
+        }
+        if self.rope_inv_freq.len() != hd / 2 {
+            return bad(format!(
+                "{} RoPE frequencies for head dim {hd}",
+                self.rope_inv_freq.len()
+            ));
+        }
+        let vocab = self.vocab_size;
+        if vocab == 0 || vocab > u32::MAX as usize {
+            return bad(format!("vocabulary of {vocab}"));
+        }
+        let (qd, kvd, ff) = (nh * hd, nkv * hd, self.intermediate_size);
+        let mat = |w: &Weight, rows: usize, cols: usize, name: &str| -> Result<()> {
+            if w.dims() != [rows, cols] {
+                return bad(format!(
+                    "{name} is {:?}, expected [{rows}, {cols}]",
+                    w.dims()
+                ));
+            }
+            Ok(())
+        };
+        let vec = |t: &Tensor, len: usize, name: &str| -> Result<()> {
+            if t.elem_count() != len {
+                return bad(format!(
+                    "{name} has {} values, expected {len}",
+                    t.elem_count()
+                ));
+            }
+            Ok(())
+        };
+        mat(&self.embedding, vocab, d, "embedding")?;
+        mat(&self.lm_head, vocab, d, "lm_head")?;
+        vec(&self.final_norm, d, "final norm")?;
+        for (i, l) in self.layers.iter().enumerate() {
+            let n = |what: &str| format!("layer {i} {what}");
+            vec(&l.attn_norm, d, &n("attention norm"))?;
+            vec(&l.ffn_norm, d, &n("feed-forward norm"))?;
+            mat(&l.wq, qd, d, &n("wq"))?;
+            mat(&l.wk, kvd, d, &n("wk"))?;
+            mat(&l.wv, kvd, d, &n("wv"))?;
+            mat(&l.wo, d, qd, &n("wo"))?;
+            mat(&l.w_gate, ff, d, &n("w_gate"))?;
+            mat(&l.w_up, ff, d, &n("w_up"))?;
+            mat(&l.w_down, d, ff, &n("w_down"))?;
+            for (b, len, what) in [(&l.bq, qd, "bq"), (&l.bk, kvd, "bk"), (&l.bv, kvd, "bv")] {
+                if let Some(b) = b {
+                    vec(b, len, &n(what))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The checks of a fused decoder's `forward`: at least one token, every id below `vocab`,
+/// and `cached + tokens.len()` within `max_positions`.
+pub fn check_tokens(
+    tokens: &[u32],
+    vocab: usize,
+    cached: usize,
+    max_positions: usize,
+) -> Result<()> {
+    if tokens.is_empty() {
+        return Err(Error::msg(
+            "fused decoder: forward needs at least one token",
+        ));
+    }
+    if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= vocab) {
+        return Err(Error::msg(format!(
+            "fused decoder: token id {bad} is outside the vocabulary of {vocab}"
+        )));
+    }
+    let end = cached + tokens.len();
+    if end > max_positions {
+        return Err(Error::msg(format!(
+            "fused decoder: {end} positions exceed the maximum of {max_positions}"
+        )));
+    }
+    Ok(())
+}
+
 /// The index of the largest value: the lowest index among equal maxima, NaN never chosen
 /// (0 for an empty or all-NaN slice).
 pub fn argmax_f32(v: &[f32]) -> u32 {
@@ -89,6 +186,7 @@ pub fn argmax_f32(v: &[f32]) -> u32 {
     at.unwrap_or(0)
 }
 
+/// A running fused decoder with its KV cache.
 pub trait FusedDecoder: Send {
     /// Feed `tokens` at positions `cache_len()..`, append them to the cache, and return the
     /// logits: of the last token (`all_logits == false`, `vocab_size` values) or of every

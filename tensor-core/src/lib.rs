@@ -3,6 +3,7 @@
 
 mod backend;
 mod backprop;
+pub mod checks;
 pub mod composite;
 #[cfg(feature = "conformance")]
 pub mod conformance;

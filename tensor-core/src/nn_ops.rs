@@ -968,73 +968,10 @@ impl Tensor {
     ) -> Result<Tensor> {
         let op = "attention";
         let q = self;
-        check_float(op, q)?;
         for t in [k, v] {
             crate::ops::check_same_device(op, q, t)?;
-            if t.dtype() != q.dtype() {
-                return Err(Error::DTypeMismatch {
-                    op,
-                    lhs: q.dtype(),
-                    rhs: t.dtype(),
-                });
-            }
         }
-        let ok = q.rank() == 4
-            && k.rank() == 4
-            && v.rank() == 4
-            && k.dims()[0] == q.dims()[0]
-            && v.dims()[0] == q.dims()[0]
-            && k.dims()[1] == v.dims()[1]
-            && k.dims()[1] > 0
-            && q.dims()[1].is_multiple_of(k.dims()[1])
-            && k.dims()[2] == v.dims()[2]
-            && k.dims()[3] == q.dims()[3];
-        if !ok {
-            return Err(Error::invalid(op, format!(
-                "expected q [B, Hq, Lq, D], k [B, Hkv, Lk, D], v [B, Hkv, Lk, Dv] with Hq divisible by Hkv; got q {:?}, k {:?}, v {:?}",
-                q.shape(), k.shape(), v.shape()
-            )));
-        }
-        let (b, hq, lq, lk) = (q.dims()[0], q.dims()[1], q.dims()[2], k.dims()[2]);
-        if p.causal && lq > lk {
-            return Err(Error::invalid(
-                op,
-                format!("causal attention needs Lq <= Lk, got {lq} > {lk}"),
-            ));
-        }
-        if p.window == Some(0) {
-            return Err(Error::invalid(op, "window must be > 0"));
-        }
-        if let Some(s) = &p.alibi_slopes {
-            if s.dims() != [hq] || s.dtype() != q.dtype() {
-                return Err(Error::UnexpectedShape {
-                    op,
-                    expected: format!("alibi slopes [{hq}] of dtype {}", q.dtype()),
-                    got: s.shape().clone(),
-                });
-            }
-        }
-        if let Some(bias) = &p.bias {
-            if bias.dtype() != q.dtype() {
-                return Err(Error::DTypeMismatch {
-                    op,
-                    lhs: q.dtype(),
-                    rhs: bias.dtype(),
-                });
-            }
-            if bias
-                .shape()
-                .broadcast_with(&crate::Shape::from([b, hq, lq, lk]), op)
-                .map(|s| s.dims() != [b, hq, lq, lk])
-                .unwrap_or(true)
-            {
-                return Err(Error::UnexpectedShape {
-                    op,
-                    expected: format!("a bias broadcastable to [{b}, {hq}, {lq}, {lk}]"),
-                    got: bias.shape().clone(),
-                });
-            }
-        }
+        crate::checks::attention(q, k, v, p)?;
         if any_tracked(&[p.bias.as_ref(), p.alibi_slopes.as_ref()]) {
             return Err(Error::NoBackward { op, why: "gradients with respect to the attention bias or ALiBi slopes are not supported; detach them".into() });
         }

@@ -89,46 +89,7 @@ impl Geom {
 /// Check the parameters and normalise an `[N, C, *spatial]` geometry to 3-D.
 fn geometry(op: &'static str, p: &UnfoldParams, spatial: &[usize]) -> Result<Geom> {
     let k = p.kernel.len();
-    if !(1..=3).contains(&k) {
-        return Err(Error::invalid(
-            op,
-            format!("supports 1 to 3 spatial dims, got {k}"),
-        ));
-    }
-    if [
-        p.stride.len(),
-        p.padding.len(),
-        p.dilation.len(),
-        spatial.len(),
-    ] != [k; 4]
-    {
-        return Err(Error::invalid(
-            op,
-            format!(
-                "kernel {:?}, stride {:?}, padding {:?}, dilation {:?} and spatial {spatial:?} \
-                 must all have {k} entries",
-                p.kernel, p.stride, p.padding, p.dilation
-            ),
-        ));
-    }
-    if p.kernel.contains(&0) || p.stride.contains(&0) || p.dilation.contains(&0) {
-        return Err(Error::invalid(
-            op,
-            format!(
-                "kernel {:?}, stride {:?} and dilation {:?} must be positive",
-                p.kernel, p.stride, p.dilation
-            ),
-        ));
-    }
-    let out = p.out_spatial(spatial).ok_or_else(|| {
-        Error::invalid(
-            op,
-            format!(
-                "kernel {:?} (dilation {:?}) does not fit spatial {spatial:?} with padding {:?}",
-                p.kernel, p.dilation, p.padding
-            ),
-        )
-    })?;
+    let out = tensor_core::checks::unfold_out_spatial(op, p, spatial)?;
     let pad3 = |v: &[usize], fill: usize| -> [usize; 3] {
         let mut a = [fill; 3];
         a[3 - k..].copy_from_slice(v);

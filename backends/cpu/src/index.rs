@@ -3,6 +3,7 @@
 //! output is written and the kernels themselves never see one.
 
 use rayon::prelude::*;
+use tensor_core::checks;
 use tensor_core::{BackendStorage, Error, HostData, Layout, Result};
 
 use crate::copy::{contiguous, copy_view, fill_chunks, fill_chunks_sized, Walker};
@@ -52,60 +53,6 @@ fn read_ids(
             expected: "u8, u32 or i64 indices",
         }),
     }
-}
-
-fn check_dim(op: &'static str, l: &Layout, dim: usize) -> Result<()> {
-    if dim >= l.rank() {
-        return Err(Error::DimOutOfRange {
-            op,
-            dim: dim as i64,
-            rank: l.rank(),
-            shape: l.shape().clone(),
-        });
-    }
-    Ok(())
-}
-
-fn unexpected(op: &'static str, expected: String, got: &Layout) -> Error {
-    Error::UnexpectedShape {
-        op,
-        expected,
-        got: got.shape().clone(),
-    }
-}
-
-fn same_dtype(op: &'static str, a: &dyn BackendStorage, b: &dyn BackendStorage) -> Result<()> {
-    if a.dtype() != b.dtype() {
-        return Err(Error::DTypeMismatch {
-            op,
-            lhs: a.dtype(),
-            rhs: b.dtype(),
-        });
-    }
-    Ok(())
-}
-
-/// `ids` must have the rank of `other` and no larger size off `dim` (gather/scatter_add).
-fn check_ids_fit(op: &'static str, ids_l: &Layout, other: &Layout, dim: usize) -> Result<()> {
-    let fits = ids_l.rank() == other.rank()
-        && ids_l
-            .dims()
-            .iter()
-            .zip(other.dims())
-            .enumerate()
-            .all(|(d, (&i, &o))| d == dim || i <= o);
-    if !fits {
-        return Err(unexpected(
-            op,
-            format!(
-                "indices of rank {} with sizes <= {:?} off dim {dim}",
-                other.rank(),
-                other.dims()
-            ),
-            ids_l,
-        ));
-    }
-    Ok(())
 }
 
 /// The storage offsets of a sub-view relative to its start: a single run, or a list.
@@ -184,9 +131,9 @@ pub(crate) fn index_select(
 ) -> Result<HostData> {
     const OP: &str = "index_select";
     check_layout(src, src_l, OP)?;
-    check_dim(OP, src_l, dim)?;
+    checks::dim_in_range(OP, src_l, dim)?;
     if ids_l.rank() != 1 {
-        return Err(unexpected(OP, "1-D indices".into(), ids_l));
+        return Err(checks::unexpected_shape(OP, "1-D indices".into(), ids_l));
     }
     let idx = read_ids(OP, ids, ids_l, src_l.dims()[dim], dim)?;
     Ok(crate::map_same!(&cpu(src)?.data, v => index_select_typed(v, src_l, &idx, dim)))
@@ -230,8 +177,8 @@ pub(crate) fn gather(
 ) -> Result<HostData> {
     const OP: &str = "gather";
     check_layout(src, src_l, OP)?;
-    check_dim(OP, src_l, dim)?;
-    check_ids_fit(OP, ids_l, src_l, dim)?;
+    checks::dim_in_range(OP, src_l, dim)?;
+    checks::ids_fit(OP, ids_l, src_l, dim)?;
     let idx = read_ids(OP, ids, ids_l, src_l.dims()[dim], dim)?;
     Ok(crate::map_same!(&cpu(src)?.data, v => gather_typed(v, src_l, ids_l, &idx, dim)))
 }
@@ -320,8 +267,8 @@ pub(crate) fn scatter_add(
     const OP: &str = "scatter_add";
     check_layout(dst, dst_l, OP)?;
     check_layout(src, src_l, OP)?;
-    check_dim(OP, dst_l, dim)?;
-    same_dtype(OP, dst, src)?;
+    checks::dim_in_range(OP, dst_l, dim)?;
+    checks::same_dtype(OP, dst.dtype(), src.dtype())?;
     if ids_l.dims() != src_l.dims() {
         return Err(Error::ShapeMismatch {
             op: OP,
@@ -329,7 +276,7 @@ pub(crate) fn scatter_add(
             rhs: src_l.shape().clone(),
         });
     }
-    check_ids_fit(OP, ids_l, dst_l, dim)?;
+    checks::ids_fit(OP, ids_l, dst_l, dim)?;
     let idx = read_ids(OP, ids, ids_l, dst_l.dims()[dim], dim)?;
     let (d, s) = (&cpu(dst)?.data, &cpu(src)?.data);
     Ok(map_pair!(OP, d, s, (x, y) => scatter_add_typed(x, dst_l, ids_l, &idx, y, src_l, dim)))
@@ -386,15 +333,19 @@ pub(crate) fn index_add(
     const OP: &str = "index_add";
     check_layout(dst, dst_l, OP)?;
     check_layout(src, src_l, OP)?;
-    check_dim(OP, dst_l, dim)?;
-    same_dtype(OP, dst, src)?;
+    checks::dim_in_range(OP, dst_l, dim)?;
+    checks::same_dtype(OP, dst.dtype(), src.dtype())?;
     if ids_l.rank() != 1 {
-        return Err(unexpected(OP, "1-D indices".into(), ids_l));
+        return Err(checks::unexpected_shape(OP, "1-D indices".into(), ids_l));
     }
     let mut want = dst_l.dims().to_vec();
     want[dim] = ids_l.dims()[0];
     if src_l.dims() != want.as_slice() {
-        return Err(unexpected(OP, format!("source of shape {want:?}"), src_l));
+        return Err(checks::unexpected_shape(
+            OP,
+            format!("source of shape {want:?}"),
+            src_l,
+        ));
     }
     let idx = read_ids(OP, ids, ids_l, dst_l.dims()[dim], dim)?;
     let (d, s) = (&cpu(dst)?.data, &cpu(src)?.data);

@@ -7,7 +7,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use rayon::prelude::*;
-use tensor_core::{DType, Error, HostData, Result, WithDType};
+use tensor_core::checks;
+use tensor_core::{DType, HostData, Result, WithDType};
 
 const RNG_CHUNK: usize = 1 << 16;
 
@@ -60,17 +61,6 @@ fn normal<T: WithDType>(n: usize, mean: f64, std: f64, seed: u64) -> Vec<T> {
     })
 }
 
-fn float_only(op: &'static str, dtype: DType) -> Result<()> {
-    if dtype.is_int() {
-        return Err(Error::UnsupportedDType {
-            op,
-            dtype,
-            expected: "a float dtype",
-        });
-    }
-    Ok(())
-}
-
 pub(crate) fn rand_uniform(
     n: usize,
     lo: f64,
@@ -79,13 +69,8 @@ pub(crate) fn rand_uniform(
     seed: u64,
 ) -> Result<HostData> {
     const OP: &str = "rand_uniform";
-    float_only(OP, dtype)?;
-    if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
-        return Err(Error::invalid(
-            OP,
-            format!("bounds must be finite with lo <= hi, got [{lo}, {hi})"),
-        ));
-    }
+    checks::float_dtype(OP, dtype)?;
+    checks::uniform_bounds(lo, hi)?;
     if lo == hi {
         return Ok(crate::copy::full(n, lo, dtype));
     }
@@ -105,13 +90,8 @@ pub(crate) fn rand_normal(
     seed: u64,
 ) -> Result<HostData> {
     const OP: &str = "rand_normal";
-    float_only(OP, dtype)?;
-    if !(mean.is_finite() && std.is_finite() && std >= 0.0) {
-        return Err(Error::invalid(
-            OP,
-            format!("needs a finite mean and std >= 0, got mean {mean}, std {std}"),
-        ));
-    }
+    checks::float_dtype(OP, dtype)?;
+    checks::normal_params(mean, std)?;
     Ok(match dtype {
         DType::F16 => HostData::F16(normal::<f16>(n, mean, std, seed)),
         DType::BF16 => HostData::BF16(normal::<bf16>(n, mean, std, seed)),
@@ -172,7 +152,7 @@ mod tests {
         for dt in [DType::U8, DType::U32, DType::I64] {
             assert!(matches!(
                 dev().rand_uniform(4, 0.0, 1.0, dt, 0),
-                Err(Error::UnsupportedDType { .. })
+                Err(tensor_core::Error::UnsupportedDType { .. })
             ));
             assert!(dev().rand_normal(4, 0.0, 1.0, dt, 0).is_err());
         }

@@ -258,27 +258,7 @@ pub(crate) fn reduce(
 ) -> Result<HostData> {
     let name = op.name();
     check_layout(s, l, name)?;
-    if dims.is_empty() || dims.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(Error::invalid(
-            name,
-            format!("reduction dims must be sorted, distinct and non-empty, got {dims:?}"),
-        ));
-    }
-    if let Some(&d) = dims.iter().find(|&&d| d >= l.rank()) {
-        return Err(Error::DimOutOfRange {
-            op: name,
-            dim: d as i64,
-            rank: l.rank(),
-            shape: l.shape().clone(),
-        });
-    }
-    let arg = matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin);
-    if arg && dims.len() != 1 {
-        return Err(Error::invalid(
-            name,
-            format!("expects exactly one dim, got {dims:?}"),
-        ));
-    }
+    tensor_core::checks::reduce_dims(op, l, dims)?;
     let red_n: usize = dims.iter().map(|&d| l.dims()[d]).product();
     let out_n: usize = (0..l.rank())
         .filter(|i| !dims.contains(i))

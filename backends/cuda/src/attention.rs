@@ -128,42 +128,6 @@ impl Geom {
     }
 }
 
-/// The preconditions core validates (as the CPU backend checks them); anything else goes to
-/// the composite, which reports the error.
-fn shapes_ok(q: &Tensor, k: &Tensor, v: &Tensor, p: &AttentionParams) -> bool {
-    let dt = q.dtype();
-    let same = |t: &Tensor| t.dtype() == dt;
-    dt.is_float()
-        && q.rank() == 4
-        && k.rank() == 4
-        && v.rank() == 4
-        && same(k)
-        && same(v)
-        && k.dims()[0] == q.dims()[0]
-        && v.dims()[0] == q.dims()[0]
-        && k.dims()[1] == v.dims()[1]
-        && k.dims()[1] > 0
-        && q.dims()[1].is_multiple_of(k.dims()[1])
-        && k.dims()[2] == v.dims()[2]
-        && k.dims()[3] == q.dims()[3]
-        && p.window != Some(0)
-        && (!p.causal || q.dims()[2] <= k.dims()[2])
-        && p.alibi_slopes
-            .as_ref()
-            .is_none_or(|s| s.dims() == [q.dims()[1]] && same(s))
-        && p.bias.as_ref().is_none_or(|b| {
-            let full = [q.dims()[0], q.dims()[1], q.dims()[2], k.dims()[2]];
-            let bd = b.dims();
-            same(b)
-                && bd.len() <= 4
-                && bd
-                    .iter()
-                    .rev()
-                    .zip(full.iter().rev())
-                    .all(|(&x, &y)| x == y || x == 1)
-        })
-}
-
 /// A device pointer with the row view the kernels read through, and the contiguous copy
 /// it points into when the tensor could not be read in place.
 struct View {
@@ -388,9 +352,7 @@ pub(crate) fn attention(
     v: &Tensor,
     p: &AttentionParams,
 ) -> Result<(Tensor, Tensor)> {
-    if !shapes_ok(q, k, v, p) {
-        return composite::attention(q, k, v, p);
-    }
+    tensor_core::checks::attention(q, k, v, p)?;
     let dt = q.dtype();
     let geo = Geom::new(q, k, v);
     let Geom {
@@ -500,14 +462,7 @@ pub(crate) fn attention_backward(
     p: &AttentionParams,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let dt = q.dtype();
-    let ok = shapes_ok(q, k, v, p)
-        && [out, lse, grad_out].iter().all(|t| t.dtype() == dt)
-        && out.dims() == [q.dims()[0], q.dims()[1], q.dims()[2], v.dims()[3]]
-        && grad_out.dims() == out.dims()
-        && lse.dims() == &q.dims()[..3];
-    if !ok {
-        return composite::attention_backward(q, k, v, out, lse, grad_out, p);
-    }
+    tensor_core::checks::attention_backward(q, k, v, out, lse, grad_out, p)?;
     let geo = Geom::new(q, k, v);
     let Geom {
         b,

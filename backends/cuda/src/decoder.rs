@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use cudarc::cublas::{result as blas_result, sys as blas_sys};
 use cudarc::driver::{result, sys, CudaFunction, CudaGraph};
-use tensor_core::decoder::{DecoderSpec, FusedDecoder, Weight};
+use tensor_core::decoder::{check_tokens, DecoderSpec, FusedDecoder, Weight};
 use tensor_core::{BackendDevice, DType, Device, Error, HostData, Result, Tensor};
 
 use crate::error::{backend, drv};
@@ -462,6 +462,7 @@ fn dtype_of(w: &Weight) -> DType {
 
 impl CudaDecoder {
     fn build(dev: Arc<CudaDevice>, spec: &DecoderSpec, use_graph: bool) -> Result<Built> {
+        spec.validate()?;
         if let Some(why) = unsupported(&dev, spec) {
             return Ok(Built::Unsupported(why));
         }
@@ -476,25 +477,6 @@ impl CudaDecoder {
             eps: s.rms_eps,
             interleaved: s.rope_interleaved,
         };
-        if dims.nkv == 0 || !dims.nh.is_multiple_of(dims.nkv) {
-            return Err(Error::msg(format!(
-                "fused decoder: {} heads, {} KV heads: heads must be a multiple of KV heads",
-                dims.nh, dims.nkv
-            )));
-        }
-        if s.rope_inv_freq.len() != dims.hd / 2 {
-            return Err(Error::msg(format!(
-                "fused decoder: {} RoPE frequencies for head dim {}",
-                s.rope_inv_freq.len(),
-                dims.hd
-            )));
-        }
-        if dims.vocab == 0 || dims.vocab > u32::MAX as usize {
-            return Err(Error::msg(format!(
-                "fused decoder: vocabulary of {}",
-                dims.vocab
-            )));
-        }
         let (d, qd, kvd, ff, vocab) = (dims.d, dims.qd(), dims.kvd(), dims.ff, dims.vocab);
         let max_positions = s.max_positions.max(1);
         let wdt = dtype_of(&s.layers[0].wq);
@@ -949,25 +931,7 @@ impl CudaDecoder {
     /// Validate a call's tokens (ids in the vocabulary, room in the cache) and bind the
     /// context to this thread.
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
-        let t = tokens.len();
-        if t == 0 {
-            return Err(Error::msg(
-                "fused decoder: forward needs at least one token",
-            ));
-        }
-        let vocab = self.dims.vocab;
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= vocab) {
-            return Err(Error::msg(format!(
-                "fused decoder: token id {bad} is outside the vocabulary of {vocab}"
-            )));
-        }
-        let end = self.len + t;
-        if end > self.max_positions {
-            return Err(Error::msg(format!(
-                "fused decoder: {end} positions exceed the maximum of {}",
-                self.max_positions
-            )));
-        }
+        check_tokens(tokens, self.dims.vocab, self.len, self.max_positions)?;
         self.dev
             .context()
             .bind_to_thread()

@@ -15,6 +15,7 @@
 //! element sums its taps in kernel order, like the CPU backend), so it is deterministic.
 
 use cudarc::driver::DeviceRepr;
+use tensor_core::checks;
 use tensor_core::{DType, Error, HostData, Layout, Result, Shape, UnfoldParams};
 
 use crate::kernels::{cfg_1d, check_u32, ModuleSrc, Strided};
@@ -26,60 +27,6 @@ pub(crate) static MODULE: ModuleSrc = ModuleSrc {
 };
 
 // ---- checks shared with the CPU backend's index ops ------------------------------------------
-
-fn check_dim(op: &'static str, l: &Layout, dim: usize) -> Result<()> {
-    if dim >= l.rank() {
-        return Err(Error::DimOutOfRange {
-            op,
-            dim: dim as i64,
-            rank: l.rank(),
-            shape: l.shape().clone(),
-        });
-    }
-    Ok(())
-}
-
-fn unexpected(op: &'static str, expected: String, got: &Layout) -> Error {
-    Error::UnexpectedShape {
-        op,
-        expected,
-        got: got.shape().clone(),
-    }
-}
-
-fn same_dtype(op: &'static str, a: &CudaStorage, b: &CudaStorage) -> Result<()> {
-    if a.dtype != b.dtype {
-        return Err(Error::DTypeMismatch {
-            op,
-            lhs: a.dtype,
-            rhs: b.dtype,
-        });
-    }
-    Ok(())
-}
-
-/// `ids` must have the rank of `other` and no larger size off `dim` (gather/scatter_add).
-fn check_ids_fit(op: &'static str, ids_l: &Layout, other: &Layout, dim: usize) -> Result<()> {
-    let fits = ids_l.rank() == other.rank()
-        && ids_l
-            .dims()
-            .iter()
-            .zip(other.dims())
-            .enumerate()
-            .all(|(d, (&i, &o))| d == dim || i <= o);
-    if !fits {
-        return Err(unexpected(
-            op,
-            format!(
-                "indices of rank {} with sizes <= {:?} off dim {dim}",
-                other.rank(),
-                other.dims()
-            ),
-            ids_l,
-        ));
-    }
-    Ok(())
-}
 
 /// The kernel-name suffix of an index dtype.
 fn ids_name(op: &'static str, ids: &CudaStorage) -> Result<&'static str> {
@@ -253,9 +200,9 @@ pub(crate) fn index_select(
     const OP: &str = "index_select";
     check_layout(src, src_l, OP)?;
     check_layout(ids, ids_l, OP)?;
-    check_dim(OP, src_l, dim)?;
+    checks::dim_in_range(OP, src_l, dim)?;
     if ids_l.rank() != 1 {
-        return Err(unexpected(OP, "1-D indices".into(), ids_l));
+        return Err(checks::unexpected_shape(OP, "1-D indices".into(), ids_l));
     }
     let mut dims = src_l.dims().to_vec();
     dims[dim] = ids_l.dims()[0];
@@ -274,8 +221,8 @@ pub(crate) fn gather(
     const OP: &str = "gather";
     check_layout(src, src_l, OP)?;
     check_layout(ids, ids_l, OP)?;
-    check_dim(OP, src_l, dim)?;
-    check_ids_fit(OP, ids_l, src_l, dim)?;
+    checks::dim_in_range(OP, src_l, dim)?;
+    checks::ids_fit(OP, ids_l, src_l, dim)?;
     run_gather(dev, OP, src, src_l, ids, ids_l, ids_l, dim)
 }
 
@@ -353,8 +300,8 @@ pub(crate) fn scatter_add(
     check_layout(dst, dst_l, OP)?;
     check_layout(ids, ids_l, OP)?;
     check_layout(src, src_l, OP)?;
-    check_dim(OP, dst_l, dim)?;
-    same_dtype(OP, dst, src)?;
+    checks::dim_in_range(OP, dst_l, dim)?;
+    checks::same_dtype(OP, dst.dtype, src.dtype)?;
     if ids_l.dims() != src_l.dims() {
         return Err(Error::ShapeMismatch {
             op: OP,
@@ -362,7 +309,7 @@ pub(crate) fn scatter_add(
             rhs: src_l.shape().clone(),
         });
     }
-    check_ids_fit(OP, ids_l, dst_l, dim)?;
+    checks::ids_fit(OP, ids_l, dst_l, dim)?;
     run_scatter_add(dev, OP, dst, dst_l, ids, ids_l, ids_l, src, src_l, dim)
 }
 
@@ -381,15 +328,19 @@ pub(crate) fn index_add(
     check_layout(dst, dst_l, OP)?;
     check_layout(ids, ids_l, OP)?;
     check_layout(src, src_l, OP)?;
-    check_dim(OP, dst_l, dim)?;
-    same_dtype(OP, dst, src)?;
+    checks::dim_in_range(OP, dst_l, dim)?;
+    checks::same_dtype(OP, dst.dtype, src.dtype)?;
     if ids_l.rank() != 1 {
-        return Err(unexpected(OP, "1-D indices".into(), ids_l));
+        return Err(checks::unexpected_shape(OP, "1-D indices".into(), ids_l));
     }
     let mut want = dst_l.dims().to_vec();
     want[dim] = ids_l.dims()[0];
     if src_l.dims() != want.as_slice() {
-        return Err(unexpected(OP, format!("source of shape {want:?}"), src_l));
+        return Err(checks::unexpected_shape(
+            OP,
+            format!("source of shape {want:?}"),
+            src_l,
+        ));
     }
     let view = broadcast_1d(&want, dim, ids_l.strides()[0], ids_l.offset());
     run_scatter_add(dev, OP, dst, dst_l, ids, ids_l, &view, src, src_l, dim)
@@ -425,46 +376,7 @@ unsafe impl DeviceRepr for Geom {}
 /// geometry to three spatial dims. Strides, offset and channels are left to the caller.
 fn geometry(op: &'static str, p: &UnfoldParams, spatial: &[usize]) -> Result<Geom> {
     let k = p.kernel.len();
-    if !(1..=3).contains(&k) {
-        return Err(Error::invalid(
-            op,
-            format!("supports 1 to 3 spatial dims, got {k}"),
-        ));
-    }
-    if [
-        p.stride.len(),
-        p.padding.len(),
-        p.dilation.len(),
-        spatial.len(),
-    ] != [k; 4]
-    {
-        return Err(Error::invalid(
-            op,
-            format!(
-                "kernel {:?}, stride {:?}, padding {:?}, dilation {:?} and spatial {spatial:?} \
-                 must all have {k} entries",
-                p.kernel, p.stride, p.padding, p.dilation
-            ),
-        ));
-    }
-    if p.kernel.contains(&0) || p.stride.contains(&0) || p.dilation.contains(&0) {
-        return Err(Error::invalid(
-            op,
-            format!(
-                "kernel {:?}, stride {:?} and dilation {:?} must be positive",
-                p.kernel, p.stride, p.dilation
-            ),
-        ));
-    }
-    let out = p.out_spatial(spatial).ok_or_else(|| {
-        Error::invalid(
-            op,
-            format!(
-                "kernel {:?} (dilation {:?}) does not fit spatial {spatial:?} with padding {:?}",
-                p.kernel, p.dilation, p.padding
-            ),
-        )
-    })?;
+    let out = tensor_core::checks::unfold_out_spatial(op, p, spatial)?;
     let pad3 = |v: &[usize], fill: u32| -> Result<[u32; 3]> {
         let mut a = [fill; 3];
         for (o, &x) in a[3 - k..].iter_mut().zip(v) {

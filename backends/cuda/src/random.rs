@@ -5,7 +5,8 @@
 //! and a shorter draw is a prefix of a longer one. The values differ from the CPU backend's
 //! (which uses `StdRng` per chunk); the distributions are the same.
 
-use tensor_core::{DType, Error, Result};
+use tensor_core::checks;
+use tensor_core::{DType, Result};
 
 use crate::kernels::{cfg_1d, check_u32, ModuleSrc};
 use crate::{launch, CudaDevice, CudaStorage};
@@ -14,17 +15,6 @@ pub(crate) static MODULE: ModuleSrc = ModuleSrc {
     name: "random",
     src: include_str!("../kernels/random.cu"),
 };
-
-fn float_only(op: &'static str, dtype: DType) -> Result<()> {
-    if dtype.is_int() {
-        return Err(Error::UnsupportedDType {
-            op,
-            dtype,
-            expected: "a float dtype",
-        });
-    }
-    Ok(())
-}
 
 /// Launch `rand_{kind}_{dtype}(n, seed, a, b, out)`.
 fn draw(
@@ -65,13 +55,8 @@ pub(crate) fn rand_uniform(
     seed: u64,
 ) -> Result<CudaStorage> {
     const OP: &str = "rand_uniform";
-    float_only(OP, dtype)?;
-    if !(lo.is_finite() && hi.is_finite() && lo <= hi) {
-        return Err(Error::invalid(
-            OP,
-            format!("bounds must be finite with lo <= hi, got [{lo}, {hi})"),
-        ));
-    }
+    checks::float_dtype(OP, dtype)?;
+    checks::uniform_bounds(lo, hi)?;
     if lo == hi {
         return crate::copy::full(dev, n, lo, dtype);
     }
@@ -87,12 +72,7 @@ pub(crate) fn rand_normal(
     seed: u64,
 ) -> Result<CudaStorage> {
     const OP: &str = "rand_normal";
-    float_only(OP, dtype)?;
-    if !(mean.is_finite() && std.is_finite() && std >= 0.0) {
-        return Err(Error::invalid(
-            OP,
-            format!("needs a finite mean and std >= 0, got mean {mean}, std {std}"),
-        ));
-    }
+    checks::float_dtype(OP, dtype)?;
+    checks::normal_params(mean, std)?;
     draw(dev, "normal", n, mean, std, dtype, seed)
 }

@@ -61,27 +61,8 @@ pub(crate) fn reduce(
 ) -> Result<CudaStorage> {
     let name = op.name();
     check_layout(s, l, name)?;
-    if dims.is_empty() || dims.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(Error::invalid(
-            name,
-            format!("reduction dims must be sorted, distinct and non-empty, got {dims:?}"),
-        ));
-    }
-    if let Some(&d) = dims.iter().find(|&&d| d >= l.rank()) {
-        return Err(Error::DimOutOfRange {
-            op: name,
-            dim: d as i64,
-            rank: l.rank(),
-            shape: l.shape().clone(),
-        });
-    }
+    tensor_core::checks::reduce_dims(op, l, dims)?;
     let arg = matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin);
-    if arg && dims.len() != 1 {
-        return Err(Error::invalid(
-            name,
-            format!("expects exactly one dim, got {dims:?}"),
-        ));
-    }
     let (ld, ls) = (l.dims(), l.strides());
     let (mut kd, mut ks, mut rd, mut rs) = (vec![], vec![], vec![], vec![]);
     for i in 0..l.rank() {

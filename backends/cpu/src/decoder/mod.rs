@@ -18,7 +18,7 @@ mod team;
 
 use std::ops::Range;
 
-use tensor_core::decoder::{DecoderSpec, FusedDecoder, Weight};
+use tensor_core::decoder::{check_tokens, DecoderSpec, FusedDecoder, Weight};
 use tensor_core::quant::{dequantize_into, GgmlType, QTensor};
 use tensor_core::{DType, Error, HostData, Result, Tensor};
 
@@ -195,6 +195,7 @@ const FIRST_KV_CAP: usize = 512;
 
 impl CpuDecoder {
     pub fn new(spec: &DecoderSpec, threads: usize) -> Result<CpuDecoder> {
+        spec.validate()?;
         let s = spec;
         let dims = Dims {
             d: s.hidden_size,
@@ -206,20 +207,6 @@ impl CpuDecoder {
             eps: s.rms_eps,
             interleaved: s.rope_interleaved,
         };
-        if dims.nkv == 0 || !dims.nh.is_multiple_of(dims.nkv) || !dims.hd.is_multiple_of(2) {
-            return Err(Error::msg(format!(
-                "fused decoder: {} heads, {} KV heads, head dim {}: heads must be a multiple of \
-                 KV heads and the head dim even",
-                dims.nh, dims.nkv, dims.hd
-            )));
-        }
-        if s.rope_inv_freq.len() != dims.hd / 2 {
-            return Err(Error::msg(format!(
-                "fused decoder: {} RoPE frequencies for head dim {}",
-                s.rope_inv_freq.len(),
-                dims.hd
-            )));
-        }
         let (d, qd, kvd, ff) = (dims.d, dims.qd(), dims.kvd(), dims.ff);
         let embedding = match &s.embedding {
             Weight::Quant(q) => q.clone(),
@@ -750,25 +737,9 @@ impl Ctx<'_> {
 impl FusedDecoder for CpuDecoder {
     fn forward(&mut self, tokens: &[u32], all_logits: bool) -> Result<&[f32]> {
         let t = tokens.len();
-        if t == 0 {
-            return Err(Error::msg(
-                "fused decoder: forward needs at least one token",
-            ));
-        }
         let dm = self.dims;
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= dm.vocab) {
-            return Err(Error::msg(format!(
-                "fused decoder: token id {bad} is outside the vocabulary of {}",
-                dm.vocab
-            )));
-        }
+        check_tokens(tokens, dm.vocab, self.len, self.max_positions)?;
         let end = self.len + t;
-        if end > self.max_positions {
-            return Err(Error::msg(format!(
-                "fused decoder: {end} positions exceed the maximum of {}",
-                self.max_positions
-            )));
-        }
         if end > self.kv_cap {
             self.grow_kv(end.max(2 * self.kv_cap).min(self.max_positions));
         }
