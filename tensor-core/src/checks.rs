@@ -82,7 +82,7 @@ pub fn reduce_dims(op: ReduceOp, l: &Layout, dims: &[usize]) -> Result<()> {
             format!("reduction dims must be sorted, distinct and non-empty, got {dims:?}"),
         ));
     }
-    if let Some(&d) = dims.iter().find(|&&d| d >= l.rank()) {
+    for &d in dims {
         dim_in_range(name, l, d)?;
     }
     if matches!(op, ReduceOp::ArgMax | ReduceOp::ArgMin) && dims.len() != 1 {
